@@ -1,0 +1,34 @@
+# Two commands do all set-up: `make demo` (the main job) and `make test` (the tests).
+# Each creates .venv and installs into it on first use; later runs skip the install.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Pins the CPU torch/torchvision for every pip call, including sam2's isolated sdist build.
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export SAM2_BUILD_CUDA := 0
+
+.PHONY: demo test lint bench install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[all,dev]"
+	# Data only: the quokka photo and its polygon, read from the installed files (imgaug is never imported).
+	$(PY) -m pip install --no-deps imgaug==0.4.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m tomeplug_eval.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/encoder_speed.py
