@@ -1,0 +1,12 @@
+"""tomeplug's built-in adapters, registered through the ``tomeplug`` entry points like any plugin."""
+
+from tomeplug.hookspecs import hookimpl
+
+
+@hookimpl
+def tomeplug_register_adapters(register):
+    """Register the built-in adapters."""
+    from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
+
+    register(SamViTAdapter())
+    register(HQSamViTAdapter())

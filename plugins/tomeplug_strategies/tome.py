@@ -1,0 +1,28 @@
+"""ToMe: bipartite soft matching (Bolya et al., 2023)."""
+
+from __future__ import annotations
+
+import attrs
+from torch import Tensor
+
+from tomeplug.config import StrategyConfig
+from tomeplug.matching import alternate_split, bipartite_plan
+from tomeplug.plan import MergePlan
+
+
+@attrs.frozen(kw_only=True)
+class ToMeConfig(StrategyConfig):
+    """ToMe bipartite soft matching: even tokens merge into their most similar odd token."""
+
+    name = "tome"
+    max_r = 0.5
+    max_r_reason = "bipartite matching merges at most half the tokens"
+
+    def plan(self, metric: Tensor, grid: tuple[int, int]) -> MergePlan:
+        """Merge the floor(r * N) even-position tokens most similar to an odd-position token."""
+        b, n, _ = metric.shape
+        n_merge = self.num_to_merge(n)
+        if n_merge == 0:
+            return MergePlan.identity(b, n, metric.device)
+        src, dst = alternate_split(n, metric.device)
+        return bipartite_plan(metric, src, dst, n_merge)

@@ -1,0 +1,52 @@
+"""Merge helpers shared by strategies: bipartite soft matching onto chosen destination tokens."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tomeplug.plan import MergePlan
+
+
+def alternate_split(n: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """ToMe's split of n tokens: even positions are sources (A), odd positions destinations (B)."""
+    return torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)
+
+
+def bipartite_plan(
+    metric: Tensor, src: Tensor, dst: Tensor, n_merge: int, protected: Tensor | None = None
+) -> MergePlan:
+    """Merge the ``n_merge`` sources most similar to their best destination into it.
+
+    Every source candidate's best destination is found by cosine similarity of the metric; the
+    ``n_merge`` candidates with the highest best-similarity are merged, the rest kept.
+
+    Args:
+        metric: (B', N, C) similarity features.
+        src: (B', Ns) or (Ns,) token indices of the source candidates.
+        dst: (B', Nd) or (Nd,) token indices of the destinations.
+        n_merge: how many sources to merge, at most Ns.
+        protected: (B', Np) or (Np,) token indices kept as they are; ``src``, ``dst`` and ``protected``
+            partition the N tokens.
+    """
+    b, n, c = metric.shape
+    src, dst = src.expand(b, -1), dst.expand(b, -1)
+    if not 0 <= n_merge <= src.shape[1]:
+        raise ValueError(f"cannot merge {n_merge} of {src.shape[1]} source tokens")
+    metric = F.normalize(metric, dim=-1)
+    a = metric.gather(1, src.unsqueeze(-1).expand(-1, -1, c))  # (B', Ns, C)
+    d = metric.gather(1, dst.unsqueeze(-1).expand(-1, -1, c))  # (B', Nd, C)
+    best_score, best_dst = (a @ d.transpose(1, 2)).max(dim=-1)  # (B', Ns)
+    order = best_score.argsort(dim=-1, descending=True, stable=True)
+    merged, unmerged = order[:, :n_merge], order[:, n_merge:]
+    parts = [src.gather(1, unmerged), dst]
+    if protected is not None:
+        parts.insert(0, protected.expand(b, -1))
+    kept = torch.cat(parts, dim=1)  # (B', M)
+    m = kept.shape[1]
+    assignment = torch.empty(b, n, dtype=torch.long, device=metric.device)
+    assignment.scatter_(1, kept, torch.arange(m, device=metric.device).expand(b, m))
+    dst_offset = m - dst.shape[1]
+    assignment.scatter_(1, src.gather(1, merged), best_dst.gather(1, merged) + dst_offset)
+    return MergePlan.from_assignment(assignment, kept)

@@ -1,0 +1,65 @@
+"""The plan: what a strategy returns for one batch of attention calls."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import Tensor
+
+
+@attrs.frozen(eq=False)
+class MergePlan:
+    """How the N tokens of each group in a batch of token groups are merged into M tokens.
+
+    A plan is data, not closures: every token is assigned to one merged slot, and each slot has one
+    representative ("kept") token whose position stands for the slot's positional terms.
+
+    Attributes:
+        assignment: (B', N) int64, the slot in [0, M) of every token.
+        kept: (B', M) int64, the representative token of every slot (valid, unique indices into N).
+        size: (B', M) float, how many original tokens each slot holds (sums to N per group).
+    """
+
+    assignment: Tensor
+    kept: Tensor
+    size: Tensor
+
+    @classmethod
+    def identity(cls, batch: int, n: int, device: torch.device | str | None = None) -> MergePlan:
+        """The plan that merges nothing: every token is its own slot."""
+        idx = torch.arange(n, device=device).expand(batch, n)
+        return cls(assignment=idx, kept=idx, size=torch.ones(batch, n, device=device))
+
+    @classmethod
+    def from_assignment(cls, assignment: Tensor, kept: Tensor) -> MergePlan:
+        """Build a plan from token-to-slot assignments and slot representatives; sizes are counted."""
+        size = torch.zeros(kept.shape, dtype=torch.float32, device=kept.device)
+        size.scatter_add_(1, assignment, torch.ones_like(assignment, dtype=torch.float32))
+        return cls(assignment=assignment, kept=kept, size=size)
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the number of tokens per group before merging."""
+        return self.assignment.shape[1]
+
+    @property
+    def num_merged(self) -> int:
+        """M, the number of tokens per group after merging."""
+        return self.kept.shape[1]
+
+    def merge(self, x: Tensor) -> Tensor:
+        """Average the tokens of each slot: (B', N, C) -> (B', M, C)."""
+        b, _, c = x.shape
+        index = self.assignment.unsqueeze(-1).expand(-1, -1, c)
+        summed = x.new_zeros(b, self.num_merged, c).scatter_add_(1, index, x)
+        return summed / self.size.to(x.dtype).unsqueeze(-1)
+
+    def unmerge(self, y: Tensor) -> Tensor:
+        """Copy each slot back to every token it holds: (B', M, C) -> (B', N, C)."""
+        index = self.assignment.unsqueeze(-1).expand(-1, -1, y.shape[-1])
+        return y.gather(1, index)
+
+    def gather_kept(self, t: Tensor) -> Tensor:
+        """Pick per-token values at the slots' representatives: (B', N, ...) -> (B', M, ...)."""
+        index = self.kept.reshape(*self.kept.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+        return t.gather(1, index)
