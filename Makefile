@@ -15,7 +15,6 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[all,dev]"
 	# Data only: the quokka photo and its polygon, read from the installed files (imgaug is never imported).
 	$(PY) -m pip install --no-deps imgaug==0.4.0

@@ -182,8 +182,7 @@ def _check_strategy(obj: Any, origin: Origin) -> str:
 def _check_adapter(obj: Any, origin: Origin) -> str:
     if not isinstance(obj, Adapter) or not obj.name:
         raise PluginError(
-            f"{origin} registered {obj!r} as an adapter: expected a tomeplug.Adapter instance "
-            "with a non-empty `name`"
+            f"{origin} registered {obj!r} as an adapter: expected a tomeplug.Adapter instance with a non-empty `name`"
         )
     return obj.name
 

@@ -63,24 +63,19 @@ def resolve_schedule(
         if layers is None:
             indices = list(range(depth))
         elif isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
-            raise TypeError(
-                f"layers must be block indices, a {{block: strategy}} mapping or None, got {layers!r}"
-            )
+            raise TypeError(f"layers must be block indices, a {{block: strategy}} mapping or None, got {layers!r}")
         else:
             indices = list(layers)
             if len(set(indices)) != len(indices):
                 raise ValueError(f"layers lists a block more than once: {indices}")
         wanted = dict.fromkeys(indices, config)
     if not wanted:
-        raise ValueError(
-            f"the schedule selects no block; choose block indices in 0..{depth - 1} (or None for all)"
-        )
+        raise ValueError(f"the schedule selects no block; choose block indices in 0..{depth - 1} (or None for all)")
     for index in wanted:
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"block indices must be ints, got {index!r}")
         if not 0 <= index < depth:
             raise IndexError(
-                f"block {index} is out of range: this model's image encoder has {depth} blocks "
-                f"(indices 0..{depth - 1})"
+                f"block {index} is out of range: this model's image encoder has {depth} blocks (indices 0..{depth - 1})"
             )
     return dict(sorted(wanted.items()))

@@ -25,15 +25,11 @@ def resized_rel_pos(rel_pos: Tensor, size: int) -> Tensor:
     length = 2 * size - 1
     if rel_pos.shape[0] == length:
         return rel_pos
-    resized = F.interpolate(
-        rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length, mode="linear"
-    )
+    resized = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length, mode="linear")
     return resized.reshape(-1, length).permute(1, 0)
 
 
-def rel_pos_bias(
-    q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, kept: Tensor, grid: tuple[int, int]
-) -> Tensor:
+def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, kept: Tensor, grid: tuple[int, int]) -> Tensor:
     """SAM's decomposed relative-position logits between merged tokens, at their kept tokens' cells.
 
     Args:
@@ -62,9 +58,7 @@ def merged_attention(
     """SAM's attention over merged tokens: (B', N, C) -> (B', N, C), projection before the unmerge."""
     merged = plan.merge(tokens)  # (B', M, C)
     b, m, c = merged.shape
-    q, k, v = (
-        attn.qkv(merged).reshape(b, m, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-    )  # (B', heads, M, hd)
+    q, k, v = attn.qkv(merged).reshape(b, m, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)  # (B', heads, M, hd)
     bias = rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, plan.kept, grid) if attn.use_rel_pos else None
     if prop_attn:
         log_size = plan.size.log().to(q.dtype)[:, None, None, :]  # (B', 1, 1, M)
