@@ -1,0 +1,62 @@
+"""Tiny random-initialised models built with the official classes, for fast CPU tests."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+
+def _randomise(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial weights everywhere (SAM zero-initialises relative positions), eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    return model.eval()
+
+
+def tiny_sam_encoder(package: str = "segment_anything", img_size: int = 256, seed: int = 0) -> nn.Module:
+    """SAM ViT encoder: embed 64, 4 heads, depth 4, 16x16 grid, windows of 5 (padded) and 2 global blocks."""
+    module = __import__(f"{package}.modeling", fromlist=["ImageEncoderViT"])
+    encoder = module.ImageEncoderViT(
+        img_size=img_size,
+        patch_size=16,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=4.0,
+        out_chans=32,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_abs_pos=True,
+        use_rel_pos=True,
+        window_size=5,
+        global_attn_indexes=[1, 3],
+    )
+    return _randomise(encoder, seed)
+
+
+def tiny_sam(package: str = "segment_anything", img_size: int = 256, seed: int = 0) -> nn.Module:
+    """A whole ``Sam`` (encoder above, official prompt encoder and mask decoder) at tiny sizes."""
+    modeling = __import__(f"{package}.modeling", fromlist=["Sam"])
+    embed = 32
+    grid = img_size // 16
+    decoder_cls = modeling.MaskDecoderHQ if package == "segment_anything_hq" else modeling.MaskDecoder
+    decoder_kwargs = {"vit_dim": 64} if package == "segment_anything_hq" else {}
+    sam = modeling.Sam(
+        image_encoder=tiny_sam_encoder(package, img_size, seed),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=embed, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=8
+        ),
+        mask_decoder=decoder_cls(
+            num_multimask_outputs=3,
+            transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=embed, mlp_dim=64, num_heads=2),
+            transformer_dim=embed,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
+            **decoder_kwargs,
+        ),
+    )
+    return _randomise(sam, seed)
