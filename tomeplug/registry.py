@@ -155,7 +155,7 @@ class Registry:
         self._strategies, self._adapters = strategies, adapters
 
     def _call(self, hook_name: str, into: dict[str, Entry], check) -> None:
-        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+        for impl in getattr(self._pm.hook, hook_name).get_hookimpls():  # in registration order
             origin = self._origins.get(impl.plugin_name, Origin(impl.plugin_name))
 
             def register(obj: Any, origin: Origin = origin) -> None:

@@ -1,0 +1,144 @@
+"""The plugin registry: lazy entry-point loading, origins, duplicates, isolation, the CLI."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import types
+
+import attrs
+import pytest
+from tomeplug_strategies.tome import ToMeConfig
+
+import tomeplug
+from tomeplug.__main__ import format_listing
+from tomeplug.registry import PluginError, Registry
+
+
+@attrs.frozen(kw_only=True)
+class EchoConfig(ToMeConfig):
+    name = "echo"
+
+
+def plugin_registering(*configs, name="fake_plugin"):
+    module = types.ModuleType(name)
+
+    @tomeplug.hookimpl
+    def tomeplug_register_strategies(register):
+        for config in configs:
+            register(config)
+
+    module.tomeplug_register_strategies = tomeplug_register_strategies
+    return module
+
+
+class FakeDist:
+    def __init__(self, name, version):
+        self.name, self.version = name, version
+
+
+class FakeEntryPoint:
+    """Stands in for an installed distribution's entry point."""
+
+    def __init__(self, name, target, dist):
+        self.name, self.group, self.dist, self._target = name, "tomeplug", dist, target
+
+    def load(self):
+        if isinstance(self._target, Exception):
+            raise self._target
+        return self._target
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch):
+    points = []
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [p for p in points if p.group == group])
+    return points
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, check=True
+    )
+
+
+def test_import_scans_nothing():
+    done = run_python(
+        "import sys, tomeplug; print('tomeplug_strategies' in sys.modules, tomeplug.registry._default is None)",
+        TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD="",
+    )
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_entry_points_load_once_lazily_with_origin(fake_entry_points, monkeypatch):
+    loads = []
+    plugin = plugin_registering(EchoConfig)
+    fake_entry_points.append(FakeEntryPoint("echo_plugin", plugin, FakeDist("echo-dist", "1.2.3")))
+    original = FakeEntryPoint.load
+    monkeypatch.setattr(FakeEntryPoint, "load", lambda self: loads.append(self.name) or original(self))
+    registry = Registry(autoload=True)
+    assert loads == []  # creating the registry scans nothing
+    entry = registry.strategies["echo"]
+    registry.strategy("echo")
+    registry.adapters  # noqa: B018
+    assert loads == ["echo_plugin"]
+    assert entry.obj is EchoConfig
+    assert (entry.origin.plugin, entry.origin.distribution, entry.origin.version) == (
+        "echo_plugin",
+        "echo-dist",
+        "1.2.3",
+    )
+    assert "registered by plugin 'echo_plugin' from echo-dist 1.2.3" in format_listing(registry)
+
+
+def test_env_var_turns_autoload_off(fake_entry_points, monkeypatch):
+    fake_entry_points.append(FakeEntryPoint("echo_plugin", plugin_registering(EchoConfig), FakeDist("d", "1")))
+    monkeypatch.setenv("TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert Registry().strategies == {}
+    monkeypatch.setenv("TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD", "")
+    assert list(Registry().strategies) == ["echo"]
+
+
+def test_duplicate_name_raises_naming_both(registry):
+    with pytest.raises(PluginError, match=r"'tome' is registered twice, by plugin 'builtin_strategies'.*'copycat'"):
+        registry.register_plugin(plugin_registering(ToMeConfig, name="copycat"))
+    assert "copycat" not in {e.origin.plugin for e in registry.strategies.values()}
+    assert registry.strategy("tome") is ToMeConfig
+
+
+def test_bad_registration_raises(registry):
+    with pytest.raises(PluginError, match="expected a tomeplug.StrategyConfig subclass"):
+        registry.register_plugin(plugin_registering(dict, name="wrong"))
+
+
+def test_broken_plugins_are_isolated(fake_entry_points):
+    fake_entry_points += [
+        FakeEntryPoint("broken_import", ImportError("No module named 'missing_dep'"), FakeDist("broken-dist", "0.1")),
+        FakeEntryPoint("good", plugin_registering(EchoConfig, name="good"), FakeDist("good-dist", "1.0")),
+        FakeEntryPoint("dupe", plugin_registering(EchoConfig, name="dupe"), FakeDist("dupe-dist", "2.0")),
+    ]
+    registry = Registry(autoload=True)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert list(registry.strategies) == ["echo"]
+    messages = [str(w.message) for w in caught]
+    assert any("broken-dist 0.1" in m and "missing_dep" in m for m in messages)
+    assert any("dupe-dist 2.0" in m and "registered twice" in m for m in messages)
+    assert registry.strategies["echo"].origin.distribution == "good-dist"
+    listing = format_listing(registry)
+    assert "failed plugins:" in listing and "broken-dist 0.1: ImportError" in listing
+
+
+def test_list_strategies_and_adapters():
+    assert "tome" in tomeplug.list_strategies()
+    assert {"sam_vit", "hq_sam_vit"} <= set(tomeplug.list_adapters())
+
+
+def test_cli_lists_installed_plugins_with_distribution():
+    done = run_python("from tomeplug.__main__ import main; main(['list'])", TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD="")
+    assert "tome" in done.stdout and "sam_vit" in done.stdout
+    assert f"from tomeplug {tomeplug.__version__}" in done.stdout
+    help_text = subprocess.run([sys.executable, "-m", "tomeplug", "--help"], capture_output=True, text=True).stdout
+    assert "list" in help_text
