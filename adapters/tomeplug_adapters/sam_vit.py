@@ -43,12 +43,13 @@ def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, kept: Tensor, 
     h, w = grid
     heads = q.shape[1]
     row, col = kept // w, kept % w  # (B', M)
-    bias = 0
+    bias = None
     for coord, size, rel_pos in ((row, h, rel_pos_h), (col, w, rel_pos_w)):
         table = resized_rel_pos(rel_pos, size).to(q.dtype)  # (2 * size - 1, hd)
         logits = q @ table.T  # (B', heads, M, 2 * size - 1)
         offset = (coord.unsqueeze(2) - coord.unsqueeze(1) + (size - 1)).unsqueeze(1)  # (B', 1, M, M)
-        bias = bias + logits.gather(-1, offset.expand(-1, heads, -1, -1))
+        term = logits.gather(-1, offset.expand(-1, heads, -1, -1))  # (B', heads, M, M)
+        bias = term if bias is None else bias.add_(term)
     return bias
 
 
