@@ -1,0 +1,1 @@
+"""tomeplug evaluation: datasets, metrics, FLOPs, latency, the harness and the demo."""
