@@ -7,6 +7,10 @@ from tomeplug.hookspecs import hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
+    from tomeplug_adapters.timm_samvit import TimmSamViTAdapter
+    from tomeplug_adapters.timm_vit import TimmViTAdapter
 
     register(SamViTAdapter())
     register(HQSamViTAdapter())
+    register(TimmViTAdapter())
+    register(TimmSamViTAdapter())

@@ -1,0 +1,161 @@
+"""timm's VisionTransformer: merging the patch tokens in every selected block's attention.
+
+Each block attends once over the whole sequence: the prefix tokens (class and register tokens) and the
+patch grid. The merging attention plans a merge of the patch tokens only, attends over the prefix tokens
+and the merged patch tokens, projects, and unmerges; prefix tokens are never merged. ``attention_core``
+(timm's qkv, q/k norm, fused or manual softmax, projection) is shared with the timm SAM ViT adapter.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Sequence
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tomeplug.adapter import Adapter, class_path
+from tomeplug.classswap import swap_class
+from tomeplug.config import StrategyConfig
+from tomeplug.plan import MergePlan
+
+BiasFn = Callable[[Tensor], Tensor | None]
+
+
+def class_paths(obj: object) -> set[str]:
+    """``module.QualName`` of an object's class and all its bases (matching subclasses by name)."""
+    return {f"{cls.__module__}.{cls.__qualname__}" for cls in type(obj).__mro__}
+
+
+def attention_core(attn: nn.Module, x: Tensor, bias_fn: BiasFn | None = None, rope: Tensor | None = None) -> Tensor:
+    """timm's attention on already merged tokens: (B', M, C) -> (B', M, C_out), projection included.
+
+    Args:
+        attn: a timm ``Attention`` (ViT or SAM ViT): its qkv, q/k norms, ``fused_attn``, dropouts, projection.
+        x: (B', M, C) the tokens the attention sees.
+        bias_fn: maps the normalised queries (B', heads, M, hd) to an additive (B', heads or 1, M, M) bias.
+        rope: (B', 1, M, 2 * hd) rotary sin/cos embeddings of the tokens, applied to queries and keys.
+    """
+    b, m, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None  # (B', M, heads * hd)
+    q, k, v = attn.qkv(x).reshape(b, m, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B', heads, M, hd)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    bias = bias_fn(q) if bias_fn is not None else None
+    if rope is not None:
+        from timm.layers import apply_rot_embed_cat
+
+        q, k = apply_rot_embed_cat(q, rope).type_as(v), apply_rot_embed_cat(k, rope).type_as(v)
+    if attn.fused_attn:
+        dropout = attn.attn_drop.p if attn.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)  # (B', heads, M, hd)
+    else:
+        logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B', heads, M, M)
+        out = attn.attn_drop((logits if bias is None else logits + bias).softmax(dim=-1)) @ v
+    out = out.transpose(1, 2).reshape(b, m, -1)  # (B', M, heads * hd)
+    out = getattr(attn, "norm", nn.Identity())(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out))  # per-token: exact before the unmerge
+
+
+def log_size_bias(size: Tensor, dtype: torch.dtype) -> Tensor:
+    """Proportional attention: (B', M) slot sizes -> (B', 1, 1, M) additive ``log(size)`` on the keys."""
+    return size.log().to(dtype)[:, None, None, :]
+
+
+def merged_vit_attention(attn: nn.Module, x: Tensor, plan: MergePlan, prefix: int, prop_attn: bool) -> Tensor:
+    """Attention with the patch tokens merged: (B, k + N, C) -> (B, k + N, C_out); the k prefix tokens pass through."""
+    merged = torch.cat([x[:, :prefix], plan.merge(x[:, prefix:])], dim=1)  # (B, k + M, C)
+    size = F.pad(plan.size, (prefix, 0), value=1.0)  # (B, k + M): prefix tokens have size 1
+
+    def bias_fn(q: Tensor) -> Tensor:
+        return log_size_bias(size, q.dtype)
+
+    out = attention_core(attn, merged, bias_fn if prop_attn else None)  # (B, k + M, C_out)
+    return torch.cat([out[:, :prefix], plan.unmerge(out[:, prefix:])], dim=1)
+
+
+@attrs.frozen
+class TokenLayout:
+    """Where the patch tokens sit in a timm ViT's sequence: ``prefix`` tokens first, then an (h, w) grid."""
+
+    prefix: int
+    grid: tuple[int, int]
+
+    def grid_for(self, n: int) -> tuple[int, int]:
+        """The (h, w) layout of n patch tokens: the patch grid, or a square one (dynamic image sizes)."""
+        h, w = self.grid
+        if h * w == n:
+            return self.grid
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"{n} patch tokens fit neither the {h}x{w} patch grid nor a square one; "
+                "token merging in timm ViTs needs the model's patch grid or a square input"
+            )
+        return side, side
+
+
+class MergingTimmAttention(nn.Module):
+    """Mixin over timm's ``Attention``: merges the patch tokens per ``tomeplug_config``, never the prefix."""
+
+    tomeplug_config: StrategyConfig
+    tomeplug_layout: TokenLayout
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        config, prefix = self.tomeplug_config, self.tomeplug_layout.prefix
+        b, n, c = x.shape  # n = k prefix + N patch tokens
+        if config.num_to_merge(n - prefix) == 0:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if attn_mask is not None or is_causal:
+            raise ValueError("token merging does not support attn_mask or is_causal in timm ViT attention")
+        grid = self.tomeplug_layout.grid_for(n - prefix)
+        metric = x[:, prefix:].reshape(b, n - prefix, self.num_heads, -1).mean(dim=2)  # (B, N, C / heads)
+        with torch.no_grad():
+            plan = config.plan(metric, grid)
+        return merged_vit_attention(self, x, plan, prefix, config.prop_attn)
+
+
+class TimmViTAdapter(Adapter):
+    """timm's VisionTransformer and its subclasses (ViT, DeiT, ...; class and register tokens kept)"""
+
+    name = "timm_vit"
+    model_classes = frozenset({"timm.models.vision_transformer.VisionTransformer"})
+    attention_classes = frozenset({"timm.layers.attention.Attention"})
+
+    def __init__(self) -> None:
+        self._layouts: weakref.WeakKeyDictionary[nn.Module, TokenLayout] = weakref.WeakKeyDictionary()
+
+    def matches(self, model: nn.Module) -> bool:
+        """True for ``VisionTransformer`` or any subclass of it (by class names)."""
+        return bool(class_paths(model) & self.model_classes)
+
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        """The model's ``blocks``; also records each block's token layout for :meth:`patch_block`."""
+        if not self.matches(model):
+            raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
+        layout = TokenLayout(int(model.num_prefix_tokens), tuple(int(s) for s in model.patch_embed.grid_size))
+        for block in model.blocks:
+            self._layouts[block] = layout
+        return list(model.blocks)
+
+    def _check_attention(self, block: nn.Module) -> None:
+        attn = getattr(block, "attn", None)
+        if attn is None or not class_paths(attn) & self.attention_classes:
+            found = class_path(attn) if attn is not None else f"no 'attn' in {class_path(block)}"
+            raise TypeError(
+                f"{self.name} adapter supports blocks whose attention is one of {sorted(self.attention_classes)}; "
+                f"found {found}"
+            )
+
+    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
+        """Swap the block's attention for the merging one (the block must come from :meth:`blocks`)."""
+        self._check_attention(block)
+        if block not in self._layouts:
+            raise ValueError(f"{self.name} adapter: patch blocks returned by blocks(model), which knows the prefix")
+        swap_class(block.attn, MergingTimmAttention)
+        block.attn.tomeplug_config = config
+        block.attn.tomeplug_layout = self._layouts[block]
