@@ -182,3 +182,12 @@ def test_patched_model_loads_in_a_fresh_process(tmp_path):
     )
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["Attention", "0.3"]
+
+
+def test_unpatch_removes_every_attached_attribute():
+    encoder = tiny_sam_encoder()
+    before = [sorted(m.__dict__) for m in encoder.modules()]
+    tomeplug.patch(encoder, "tome", r=0.3)
+    encoder.blocks[0].attn.tomeplug_extra_state = 1  # adapters may attach their own tomeplug_* state
+    tomeplug.unpatch(encoder)
+    assert [sorted(m.__dict__) for m in encoder.modules()] == before

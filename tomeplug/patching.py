@@ -16,6 +16,7 @@ from tomeplug.schedule import StrategyLike, resolve_schedule
 
 HANDLE_ATTR = "_tomeplug_patch"
 CONFIG_ATTR = "tomeplug_config"
+STATE_PREFIX = "tomeplug_"  # adapters name every attribute they attach to a module with this prefix
 
 
 @attrs.define(eq=False)
@@ -89,7 +90,8 @@ def unpatch(model: nn.Module) -> bool:
         if is_swapped(module):
             restore_class(module)
             found = True
-        module.__dict__.pop(CONFIG_ATTR, None)
+        for name in [n for n in module.__dict__ if n.startswith(STATE_PREFIX)]:
+            del module.__dict__[name]  # the config and any per-module state an adapter attached
     model.__dict__.pop(HANDLE_ATTR, None)
     return found
 
