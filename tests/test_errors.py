@@ -66,7 +66,7 @@ def test_r_wrong_type(encoder):
 
 
 def test_unknown_parameter_lists_known(encoder):
-    with pytest.raises(TypeError, match=r"strategy 'tome' has no parameter 'margn'; its parameters are: r, prop_attn"):
+    with pytest.raises(TypeError, match=r"strategy 'tome' has no parameter 'margn'; its parameters are: r, prop_attn, metric, exclude_padding"):
         tomeplug.patch(encoder, "tome", margn=0.5)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -104,7 +105,7 @@ def test_mixed_schedule_per_block(image):
     assert encoder.blocks[2].attn.tomeplug_config.r == 0.1
     assert type(encoder.blocks[1].attn).__name__ == "Attention"
     assert torch.isfinite(encode(encoder, image)).all()
-    assert handle.to_dict()["layers"][2] == {"strategy": "tome", "r": 0.1, "prop_attn": False}
+    assert handle.to_dict()["layers"][2] == {"strategy": "tome", **attrs.asdict(config)}
 
 
 @pytest.mark.parametrize("prop_attn", [False, True])

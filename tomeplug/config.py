@@ -22,6 +22,24 @@ def _check_r(instance: StrategyConfig, attribute: attrs.Attribute, value: float)
         )
 
 
+METRICS = ("input", "keys")
+
+
+def _check_metric(instance: StrategyConfig, attribute: attrs.Attribute, value: str) -> None:
+    if value not in METRICS:
+        raise ValueError(f"metric={value!r} is not a metric tomeplug computes; choose one of {', '.join(METRICS)}")
+
+
+def _check_exclude_padding(instance: StrategyConfig, attribute: attrs.Attribute, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"exclude_padding must be a bool, got {value!r}")
+    if value and not type(instance).supports_padding_mask:
+        raise ValueError(
+            f"strategy {type(instance).name!r} cannot exclude padding (its plan() ignores the padding mask); "
+            "use exclude_padding=False or a strategy that supports it"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class StrategyConfig:
     """Base class of every strategy's config.
@@ -32,25 +50,36 @@ class StrategyConfig:
     Args:
         r: merge fraction, the share of the tokens of each attention call merged away, in [0, max_r].
         prop_attn: add ``log(size)`` of each merged key to the attention logits (proportional attention).
+            Merging is always size-weighted: a merged token is the mean of the tokens it holds.
+        metric: the similarity features: ``"input"`` (the paper's: the attention input averaged over
+            head-sized channel chunks) or ``"keys"`` (ToMe's: the attention keys averaged over heads).
+        exclude_padding: keep zero-padding tokens (SAM's padded windows) out of matching: they merge only
+            into each other (losslessly, first) and never into real tokens. Needs a strategy with
+            ``supports_padding_mask``.
     """
 
     name: ClassVar[str] = ""
     max_r: ClassVar[float] = 0.5
     max_r_reason: ClassVar[str] = ""
+    supports_padding_mask: ClassVar[bool] = False
+    """Whether :meth:`plan` honours its ``valid`` argument (needed for ``exclude_padding``)."""
 
     r: float = attrs.field(default=0.5, validator=_check_r)
     prop_attn: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    metric: str = attrs.field(default="input", validator=_check_metric)
+    exclude_padding: bool = attrs.field(default=False, validator=_check_exclude_padding)
 
     def num_to_merge(self, n: int) -> int:
         """How many of n tokens one attention call merges away: floor(r * n)."""
         return int(n * self.r + 1e-6)
 
-    def plan(self, metric: Tensor, grid: tuple[int, int]) -> MergePlan:
+    def plan(self, metric: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> MergePlan:
         """Plan the merge of a batch of token groups.
 
         Args:
             metric: (B', N, C') the similarity features of each group's tokens.
             grid: (h, w) with h * w == N, the row-major 2D layout of each group's tokens.
+            valid: (B', N) bool, False for padding tokens; given only when ``exclude_padding`` is set.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement plan()")
 

@@ -15,7 +15,12 @@ def alternate_split(n: int, device: torch.device | str | None = None) -> tuple[T
 
 
 def bipartite_plan(
-    metric: Tensor, src: Tensor, dst: Tensor, n_merge: int, protected: Tensor | None = None
+    metric: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    n_merge: int,
+    protected: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> MergePlan:
     """Merge the ``n_merge`` sources most similar to their best destination into it.
 
@@ -29,6 +34,8 @@ def bipartite_plan(
         n_merge: how many sources to merge, at most Ns.
         protected: (B', Np) or (Np,) token indices kept as they are; ``src``, ``dst`` and ``protected``
             partition the N tokens.
+        valid: (B', N) bool or None. Given, padding (False) and real tokens never match each other, and
+            padding sources merge into padding destinations before any real pair (a lossless merge).
     """
     b, n, c = metric.shape
     src, dst = src.expand(b, -1), dst.expand(b, -1)
@@ -37,7 +44,12 @@ def bipartite_plan(
     metric = F.normalize(metric, dim=-1)
     a = metric.gather(1, src.unsqueeze(-1).expand(-1, -1, c))  # (B', Ns, C)
     d = metric.gather(1, dst.unsqueeze(-1).expand(-1, -1, c))  # (B', Nd, C)
-    best_score, best_dst = (a @ d.transpose(1, 2)).max(dim=-1)  # (B', Ns)
+    scores = a @ d.transpose(1, 2)  # (B', Ns, Nd)
+    if valid is not None:
+        real_src = valid.gather(1, src).unsqueeze(2)  # (B', Ns, 1)
+        same_kind = real_src == valid.gather(1, dst).unsqueeze(1)  # (B', Ns, Nd)
+        scores = scores.masked_fill(~same_kind, float("-inf")).masked_fill(same_kind & ~real_src, float("inf"))
+    best_score, best_dst = scores.max(dim=-1)  # (B', Ns)
     order = best_score.argsort(dim=-1, descending=True, stable=True)
     merged, unmerged = order[:, :n_merge], order[:, n_merge:]
     parts = [src.gather(1, unmerged), dst]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tomeplug.adapter import Adapter, class_path
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
+from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
 
 
@@ -81,9 +81,7 @@ class MergingSamAttention(nn.Module):
         if config.num_to_merge(n) == 0:
             return super().forward(x)
         tokens = x.reshape(b, n, c)
-        metric = tokens.reshape(b, n, self.num_heads, c // self.num_heads).mean(dim=2)  # (B', N, hd)
-        with torch.no_grad():
-            plan = config.plan(metric, (h, w))
+        plan = plan_merge(config, tokens, self.qkv, self.num_heads, (h, w))
         return merged_attention(self, tokens, plan, (h, w), config.prop_attn).reshape(b, h, w, c)
 
 

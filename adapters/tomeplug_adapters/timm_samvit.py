@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from tomeplug.adapter import Adapter, class_path
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
+from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
 from tomeplug_adapters.sam_vit import rel_pos_bias
 from tomeplug_adapters.timm_vit import attention_core, class_paths, log_size_bias
@@ -53,9 +53,7 @@ class MergingTimmSamAttention(nn.Module):
         if config.num_to_merge(n) == 0:
             return super().forward(x)
         tokens = x.reshape(b, n, c)
-        metric = tokens.reshape(b, n, self.num_heads, -1).mean(dim=2)  # (B', N, C / heads)
-        with torch.no_grad():
-            plan = config.plan(metric, (h, w))
+        plan = plan_merge(config, tokens, self.qkv, self.num_heads, (h, w))
         return merged_samvit_attention(self, tokens, plan, (h, w), config.prop_attn).reshape(b, h, w, -1)
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tomeplug.adapter import Adapter, class_path
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
+from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
 
 BiasFn = Callable[[Tensor], Tensor | None]
@@ -113,9 +114,7 @@ class MergingTimmAttention(nn.Module):
         if attn_mask is not None or is_causal:
             raise ValueError("token merging does not support attn_mask or is_causal in timm ViT attention")
         grid = self.tomeplug_layout.grid_for(n - prefix)
-        metric = x[:, prefix:].reshape(b, n - prefix, self.num_heads, -1).mean(dim=2)  # (B, N, C / heads)
-        with torch.no_grad():
-            plan = config.plan(metric, grid)
+        plan = plan_merge(config, x[:, prefix:], self.qkv, self.num_heads, grid)
         return merged_vit_attention(self, x, plan, prefix, config.prop_attn)
 
 

@@ -74,6 +74,7 @@ def cell_plan(
     dst_score: Tensor,
     src_score: Tensor | None = None,
     strategy: str = "",
+    valid: Tensor | None = None,
 ) -> MergePlan:
     """Destinations per 2x2 cell, then bipartite matching of the other tokens onto them.
 
@@ -86,6 +87,7 @@ def cell_plan(
             ``n_merge`` most similar to a destination merge. Given: only the ``n_merge`` highest-scoring
             non-destination tokens are sources (all of them merge) and the others are protected.
         strategy: the strategy's name, for the error message.
+        valid: (B', N) bool padding mask passed on to :func:`bipartite_plan`, or None.
     """
     b, n, _ = metric.shape
     dst = cell_destinations(dst_score, grid)  # (B', cells)
@@ -98,10 +100,10 @@ def cell_plan(
         )
     rest = complement(dst, n)  # (B', N - cells)
     if src_score is None:
-        return bipartite_plan(metric, rest, dst, n_merge)
+        return bipartite_plan(metric, rest, dst, n_merge, valid=valid)
     order = src_score.gather(1, rest).argsort(dim=1, descending=True, stable=True)
     ranked = rest.gather(1, order)  # non-destinations, highest score first
-    return bipartite_plan(metric, ranked[:, :n_merge], dst, n_merge, protected=ranked[:, n_merge:])
+    return bipartite_plan(metric, ranked[:, :n_merge], dst, n_merge, protected=ranked[:, n_merge:], valid=valid)
 
 
 @attrs.frozen(kw_only=True)
@@ -113,6 +115,7 @@ class CellStrategyConfig(StrategyConfig):
 
     max_r = CELL_MAX_R
     max_r_reason = CELL_MAX_R_REASON
+    supports_padding_mask = True
 
     def destination_score(self, metric: Tensor, grid: tuple[int, int]) -> Tensor:
         """(B', N) per-token score; the highest of each cell is its destination."""
@@ -125,7 +128,7 @@ class CellStrategyConfig(StrategyConfig):
         """
         return None
 
-    def plan(self, metric: Tensor, grid: tuple[int, int]) -> MergePlan:
+    def plan(self, metric: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> MergePlan:
         """Destinations per cell, then the floor(r * N) chosen sources merge into their best match."""
         b, n, _ = metric.shape
         n_merge = self.num_to_merge(n)
@@ -133,4 +136,4 @@ class CellStrategyConfig(StrategyConfig):
             return MergePlan.identity(b, n, metric.device)
         dst_score = self.destination_score(metric, grid)
         src_score = self.source_score(metric, grid, dst_score)
-        return cell_plan(metric, grid, n_merge, dst_score, src_score, strategy=self.name)
+        return cell_plan(metric, grid, n_merge, dst_score, src_score, strategy=self.name, valid=valid)

@@ -39,6 +39,7 @@ class PiToMeConfig(StrategyConfig):
     name = "pitome"
     max_r = 0.5
     max_r_reason = "the 2 * floor(r * N) highest-energy tokens are paired into sources and destinations"
+    supports_padding_mask = True
     cell_destinations: ClassVar[bool] = False
     """Pick the highest-energy token of every 2x2 cell as a destination (v1, v2)."""
     protect_low_energy: ClassVar[bool] = True
@@ -53,7 +54,7 @@ class PiToMeConfig(StrategyConfig):
         """(B', N) PiToMe energy of every token; high = redundant."""
         return pitome_energy(metric, self.margin, self.alpha)
 
-    def plan(self, metric: Tensor, grid: tuple[int, int]) -> MergePlan:
+    def plan(self, metric: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> MergePlan:
         """Merge floor(r * N) high-energy tokens, by this variant's choice of sources and destinations."""
         b, n, _ = metric.shape
         n_merge = self.num_to_merge(n)
@@ -62,10 +63,10 @@ class PiToMeConfig(StrategyConfig):
         energy = self.energy(metric)  # (B', N)
         if self.cell_destinations:
             src_score = energy if self.protect_low_energy else None
-            return cell_plan(metric, grid, n_merge, energy, src_score, strategy=self.name)
+            return cell_plan(metric, grid, n_merge, energy, src_score, strategy=self.name, valid=valid)
         order = energy.argsort(dim=1, descending=True, stable=True)  # (B', N) highest energy first
         src, dst = order[:, 0 : 2 * n_merge : 2], order[:, 1 : 2 * n_merge : 2]  # alternate by energy rank
-        return bipartite_plan(metric, src, dst, n_merge, protected=order[:, 2 * n_merge :])
+        return bipartite_plan(metric, src, dst, n_merge, protected=order[:, 2 * n_merge :], valid=valid)
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,44 @@
+"""What adapters share to plan a merge: the similarity metric, the padding mask, the plan call."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tomeplug.config import StrategyConfig
+from tomeplug.plan import MergePlan
+
+
+def head_mean(x: Tensor, num_heads: int) -> Tensor:
+    """Average (B', N, C) features over ``num_heads`` head-sized channel chunks: (B', N, C / heads)."""
+    b, n, c = x.shape
+    return x.reshape(b, n, num_heads, c // num_heads).mean(dim=2)
+
+
+def key_features(tokens: Tensor, qkv: nn.Linear) -> Tensor:
+    """The attention keys of ``tokens`` from a fused (q, k, v) projection: (B', N, C) -> (B', N, C_out)."""
+    dim = qkv.out_features // 3
+    bias = qkv.bias[dim : 2 * dim] if qkv.bias is not None else None
+    return F.linear(tokens, qkv.weight[dim : 2 * dim], bias)
+
+
+def padding_mask(tokens: Tensor) -> Tensor:
+    """(B', N) bool, False for all-zero tokens: the zero padding SAM and Hiera add to edge windows."""
+    return tokens.ne(0).any(dim=-1)
+
+
+def plan_merge(
+    config: StrategyConfig, tokens: Tensor, qkv: nn.Linear, num_heads: int, grid: tuple[int, int]
+) -> MergePlan:
+    """Plan one attention call's merge from its input tokens (B', N, C), as ``config`` asks.
+
+    The metric is the input (``config.metric == "input"``) or the keys (``"keys"``), averaged over heads;
+    with ``config.exclude_padding`` the strategy also gets the padding mask.
+    """
+    with torch.no_grad():
+        features = tokens if config.metric == "input" else key_features(tokens, qkv)
+        metric = head_mean(features, num_heads)  # (B', N, C / heads)
+        if config.exclude_padding:
+            return config.plan(metric, grid, valid=padding_mask(tokens))
+        return config.plan(metric, grid)
