@@ -76,7 +76,7 @@ def test_duplicate_and_non_int_blocks(encoder):
     with pytest.raises(TypeError, match="block indices must be ints"):
         tomeplug.patch(encoder, "tome", layers=[1.0])
     with pytest.raises(TypeError, match="layers must be block indices"):
-        tomeplug.patch(encoder, "tome", layers="0,1")
+        tomeplug.patch(encoder, "tome", layers=b"0,1")
 
 
 def test_strategy_required_without_mapping(encoder):

@@ -46,7 +46,7 @@ class PatchHandle:
 def patch(
     model: nn.Module,
     strategy: StrategyLike | None = None,
-    layers: Iterable[int] | Mapping[int, StrategyLike] | None = None,
+    layers: Iterable[int] | Mapping[int, StrategyLike] | str | None = None,
     *,
     adapter: str | Adapter | None = None,
     **params: Any,
@@ -56,7 +56,8 @@ def patch(
     Args:
         model: an official model or its image encoder (any model a registered adapter matches).
         strategy: a registered strategy name, a config object, or ``{"strategy": name, **params}``.
-        layers: block indices, a ``{block: strategy}`` mapping mixing strategies, or ``None`` (all).
+        layers: block indices, a ``{block: strategy}`` mapping mixing strategies, a preset name such as
+            ``"paper"`` (the published schedule for this model; see :mod:`tomeplug.presets`), or ``None`` (all).
         adapter: an adapter name or instance; by default the registered adapter that matches the model.
         **params: the strategy's parameters, e.g. ``r=0.5`` (the merge fraction).
 
@@ -71,7 +72,7 @@ def patch(
             raise KeyError(f"unknown adapter {adapter!r}; installed adapters: {', '.join(sorted(entries))}")
         adapter = entries[adapter].obj
     blocks = adapter.blocks(model)
-    schedule = resolve_schedule(layers, strategy, params, len(blocks), registry)
+    schedule = resolve_schedule(layers, strategy, params, len(blocks), registry, adapter.name)
     unpatch(model)
     for index, config in schedule.items():
         adapter.patch_block(blocks[index], config)
