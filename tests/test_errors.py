@@ -66,7 +66,10 @@ def test_r_wrong_type(encoder):
 
 
 def test_unknown_parameter_lists_known(encoder):
-    with pytest.raises(TypeError, match=r"strategy 'tome' has no parameter 'margn'; its parameters are: r, prop_attn, metric, exclude_padding"):
+    with pytest.raises(
+        TypeError,
+        match=r"strategy 'tome' has no parameter 'margn'; its parameters are: r, prop_attn, metric, scope, exclude_",
+    ):
         tomeplug.patch(encoder, "tome", margn=0.5)
 
 
@@ -104,4 +107,21 @@ def test_adapter_that_patches_nothing_is_an_error(encoder):
 
     with pytest.raises(RuntimeError, match="adapter 'lazy' patched nothing in block 0"):
         tomeplug.patch(encoder, "tome", adapter=Lazy())
+    assert_unpatched(encoder)
+
+
+def test_unsupported_scope(encoder):
+    with pytest.raises(ValueError, match="scope='blocks' is not a merge scope; choose one of attn, block, span"):
+        tomeplug.patch(encoder, "tome", scope="blocks")
+
+
+def test_scope_the_adapter_lacks(encoder):
+    from tomeplug_adapters.sam_vit import SamViTAdapter
+
+    class AttnOnly(SamViTAdapter):
+        name = "attn_only"
+        scopes = ("attn",)
+
+    with pytest.raises(ValueError, match="block 0: adapter 'attn_only' supports the merge scopes attn, not 'span'"):
+        tomeplug.patch(encoder, "tome", layers=[0], scope="span", adapter=AttnOnly())
     assert_unpatched(encoder)

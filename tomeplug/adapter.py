@@ -20,6 +20,8 @@ class Adapter:
     """
 
     name: ClassVar[str] = ""
+    scopes: ClassVar[tuple[str, ...]] = ("attn",)
+    """The merge scopes (see :class:`tomeplug.StrategyConfig`) this adapter implements."""
 
     def matches(self, model: nn.Module) -> bool:
         """Whether this adapter knows ``model`` (judged by class names only)."""

@@ -23,11 +23,17 @@ def _check_r(instance: StrategyConfig, attribute: attrs.Attribute, value: float)
 
 
 METRICS = ("input", "keys")
+SCOPES = ("attn", "block", "span")
 
 
 def _check_metric(instance: StrategyConfig, attribute: attrs.Attribute, value: str) -> None:
     if value not in METRICS:
         raise ValueError(f"metric={value!r} is not a metric tomeplug computes; choose one of {', '.join(METRICS)}")
+
+
+def _check_scope(instance: StrategyConfig, attribute: attrs.Attribute, value: str) -> None:
+    if value not in SCOPES:
+        raise ValueError(f"scope={value!r} is not a merge scope; choose one of {', '.join(SCOPES)}")
 
 
 def _check_exclude_padding(instance: StrategyConfig, attribute: attrs.Attribute, value: bool) -> None:
@@ -53,6 +59,9 @@ class StrategyConfig:
             Merging is always size-weighted: a merged token is the mean of the tokens it holds.
         metric: the similarity features: ``"input"`` (the paper's: the attention input averaged over
             head-sized channel chunks) or ``"keys"`` (ToMe's: the attention keys averaged over heads).
+        scope: how much of a block runs on merged tokens: ``"attn"`` (qkv and attention, the published
+            method), ``"block"`` (attention and MLP, unmerged at the end of the block) or ``"span"`` (kept
+            merged across consecutive windowed blocks). Adapters list the scopes they support.
         exclude_padding: keep zero-padding tokens (SAM's padded windows) out of matching: they merge only
             into each other (losslessly, first) and never into real tokens. Needs a strategy with
             ``supports_padding_mask``.
@@ -67,6 +76,7 @@ class StrategyConfig:
     r: float = attrs.field(default=0.5, validator=_check_r)
     prop_attn: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     metric: str = attrs.field(default="input", validator=_check_metric)
+    scope: str = attrs.field(default="attn", validator=_check_scope)
     exclude_padding: bool = attrs.field(default=False, validator=_check_exclude_padding)
 
     def num_to_merge(self, n: int) -> int:

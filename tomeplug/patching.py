@@ -73,6 +73,12 @@ def patch(
         adapter = entries[adapter].obj
     blocks = adapter.blocks(model)
     schedule = resolve_schedule(layers, strategy, params, len(blocks), registry, adapter.name)
+    for index, config in schedule.items():
+        if config.scope not in adapter.scopes:
+            raise ValueError(
+                f"block {index}: adapter {adapter.name!r} supports the merge scopes {', '.join(adapter.scopes)}, "
+                f"not {config.scope!r}"
+            )
     unpatch(model)
     for index, config in schedule.items():
         adapter.patch_block(blocks[index], config)
