@@ -78,7 +78,8 @@ class Registry:
     def register_plugin(self, plugin: object, name: str | None = None, origin: Origin | None = None) -> None:
         """Register a plugin (a module or object with hook implementations) now.
 
-        A plugin that registers an invalid or duplicate entry raises :class:`PluginError`.
+        A plugin that registers an invalid or duplicate entry raises :class:`PluginError`; one whose hook
+        raises (e.g. a failing import inside it) passes that error on. Either way it is not kept.
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
         origin = origin or Origin(plugin=name)
@@ -86,7 +87,7 @@ class Registry:
         self._origins[name] = origin
         try:
             self._collect()
-        except PluginError:
+        except Exception:  # a plugin left registered would break every later lookup
             self._pm.unregister(name=name)
             del self._origins[name]
             self._collect()

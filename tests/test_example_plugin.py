@@ -1,0 +1,110 @@
+"""End to end: pip-install the example plugin package, then find it and use it by name on every adapter.
+
+The package is built and installed once per session into a temporary folder with pip (no network);
+each check runs in a subprocess that has that folder on ``PYTHONPATH`` and plugin autoloading on, as
+a user's ``pip install tomeplug-example-strategy`` would leave things.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import torch
+
+import tomeplug
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "tomeplug-example-strategy"
+TESTS = Path(__file__).parent
+
+
+class TinyModel(NamedTuple):
+    """How to build a tiny model for an adapter and feed it."""
+
+    builder: str  # "module:function", importable from tests/
+    kwargs: dict[str, Any]
+    part: str | None  # attribute of the built model to patch and run, e.g. "image_encoder"
+    input_shape: tuple[int, ...]
+
+    def build(self) -> torch.nn.Module:
+        """The tiny model (or its ``part``)."""
+        module, _, function = self.builder.partition(":")
+        build = getattr(importlib.import_module(module), function, None)
+        if build is None:
+            raise LookupError(f"tests/{module}.py has no {function}(); TINY_MODELS in {__file__} names it")
+        model = build(**self.kwargs)
+        return getattr(model, self.part) if self.part else model
+
+    def make_input(self) -> torch.Tensor:
+        """A random input of the model's shape."""
+        return torch.randn(*self.input_shape, generator=torch.Generator().manual_seed(0))
+
+
+# A tiny model for every registered adapter. An adapter without one fails test_used_by_name_on_every_adapter.
+TINY_MODELS = {
+    "sam_vit": TinyModel("tiny_models:tiny_sam_encoder", {"package": "segment_anything"}, None, (1, 3, 256, 256)),
+    "hq_sam_vit": TinyModel("tiny_models:tiny_sam_encoder", {"package": "segment_anything_hq"}, None, (1, 3, 256, 256)),
+    "sam2_hiera": TinyModel("tiny_models:tiny_sam2", {}, "image_encoder", (1, 3, 128, 128)),
+    "timm_vit": TinyModel("test_adapter_timm:tiny_vit", {}, None, (1, 3, 64, 64)),
+    "timm_samvit": TinyModel("test_adapter_timm:tiny_samvit", {}, None, (1, 3, 64, 64)),
+}
+
+
+def use_example_on_every_adapter() -> None:
+    """Run in the subprocess: ``pool2x2``, by name, on a tiny model of every registered adapter."""
+    from tomeplug.testing import check_adapter
+    from tomeplug.torchvision_compat import ensure_torchvision
+
+    torch.set_num_threads(1)
+    ensure_torchvision()
+    missing = sorted(set(tomeplug.list_adapters()) - set(TINY_MODELS))
+    if missing:
+        sys.exit(f"no tiny model for the registered adapter(s) {missing}: add one to TINY_MODELS in {__file__}")
+    for name in tomeplug.list_adapters():
+        spec = TINY_MODELS[name]
+        handle = tomeplug.patch(spec.build(), "pool2x2", r=0.3)  # the adapter is found by matches()
+        assert handle.adapter == name, f"the {name} tiny model was matched by adapter {handle.adapter!r}"
+        check_adapter(name, spec.build, spec.make_input, strategy="pool2x2", r=0.3)
+        print("ok", name, flush=True)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The example, installed by pip into a fresh folder (built from a copy, so the repo stays clean)."""
+    root = tmp_path_factory.mktemp("example")
+    source, target = root / "src", root / "site"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    done = subprocess.run([*pip, "--target", str(target), str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return target
+
+
+def run_with_example(site: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run Python with the example installed and plugin autoloading on (the default outside tests)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(TESTS)])}
+    env.pop("TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD", None)
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=site)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_listed_with_distribution_and_version(site):
+    listing = run_with_example(site, "-m", "tomeplug", "list").stdout
+    strategies = listing.split("adapters:")[0]
+    assert "pool2x2" in strategies and "(max r 0.5)" in strategies
+    assert "registered by plugin 'pool2x2' from tomeplug-example-strategy 0.1.0" in strategies
+    assert "failed plugins:" not in listing
+
+
+def test_used_by_name_on_every_adapter(site):
+    code = "import test_example_plugin as t; t.use_example_on_every_adapter()"
+    done = run_with_example(site, "-c", code)
+    checked = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("ok ")}
+    assert checked == set(tomeplug.list_adapters())
