@@ -6,11 +6,13 @@ from tomeplug.hookspecs import hookimpl
 @hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
+    from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
     from tomeplug_adapters.timm_samvit import TimmSamViTAdapter
     from tomeplug_adapters.timm_vit import TimmViTAdapter
 
     register(SamViTAdapter())
     register(HQSamViTAdapter())
+    register(Sam2HieraAdapter())
     register(TimmViTAdapter())
     register(TimmSamViTAdapter())
