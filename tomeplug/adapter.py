@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from torch import nn
@@ -39,8 +39,17 @@ class Adapter:
         """Make ``block`` merge tokens with ``config``; it must be undone by restoring swapped classes."""
         raise NotImplementedError
 
+    def patch_model(self, model: nn.Module, schedule: Mapping[int, StrategyConfig]) -> None:
+        """Optional: patch beyond single blocks once every block is patched (e.g. a merge scope spanning
+        blocks needs the encoder's loop). Undone like the blocks: swap classes, name attributes ``tomeplug_*``."""
+
 
 def class_path(obj: object) -> str:
     """``module.QualName`` of an object's class, for matching models by name."""
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def class_paths(obj: object) -> set[str]:
+    """``module.QualName`` of an object's class and all its bases (matching subclasses by name)."""
+    return {f"{cls.__module__}.{cls.__qualname__}" for cls in type(obj).__mro__}

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomeplug.adapter import Adapter, class_path
+from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
 from tomeplug.metric import plan_merge
@@ -39,18 +39,13 @@ IMAGE_ENCODER = "sam2.modeling.backbones.image_encoder.ImageEncoder"
 HIERA = "sam2.modeling.backbones.hieradet.Hiera"
 
 
-def _is(model: nn.Module, path: str) -> bool:
-    """Whether ``model``'s class or one of its bases is named ``path`` (``module.QualName``)."""
-    return any(f"{cls.__module__}.{cls.__qualname__}" == path for cls in type(model).__mro__)
-
-
 def hiera_trunk(model: nn.Module) -> nn.Module | None:
     """The Hiera trunk of a ``SAM2Base`` (or subclass), an ``ImageEncoder`` or a ``Hiera``; else None."""
-    if _is(model, SAM2_BASE):
+    if SAM2_BASE in class_paths(model):
         model = model.image_encoder
-    if _is(model, IMAGE_ENCODER):
+    if IMAGE_ENCODER in class_paths(model):
         model = model.trunk
-    return model if _is(model, HIERA) else None
+    return model if HIERA in class_paths(model) else None
 
 
 def _mask(log_size: Tensor | None, q: Tensor) -> Tensor | None:

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from tomeplug.adapter import Adapter, class_path
+from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
 from tomeplug_adapters.sam_vit import rel_pos_bias
-from tomeplug_adapters.timm_vit import attention_core, class_paths, log_size_bias
+from tomeplug_adapters.timm_vit import attention_core, log_size_bias
 
 
 def merged_samvit_attention(

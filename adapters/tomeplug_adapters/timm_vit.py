@@ -17,18 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomeplug.adapter import Adapter, class_path
+from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
 
 BiasFn = Callable[[Tensor], Tensor | None]
-
-
-def class_paths(obj: object) -> set[str]:
-    """``module.QualName`` of an object's class and all its bases (matching subclasses by name)."""
-    return {f"{cls.__module__}.{cls.__qualname__}" for cls in type(obj).__mro__}
 
 
 def attention_core(attn: nn.Module, x: Tensor, bias_fn: BiasFn | None = None, rope: Tensor | None = None) -> Tensor:
