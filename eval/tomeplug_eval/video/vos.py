@@ -1,0 +1,135 @@
+"""Semi-supervised VOS with ``SAM2VideoPredictor``: ground-truth masks as prompts, masks propagated to every frame.
+
+The protocol of SAM 2's ``tools/vos_inference.py``: ``init_state`` on the video's JPEG folder, ``add_new_mask``
+for each object on its prompt frame, ``propagate_in_video``, a pixel is the object where its logit is > 0.
+Objects may overlap in SAM 2's output unless ``predictor.non_overlap_masks`` is set; as the tool, the runner
+sets it for DAVIS-layout sets (one palette PNG per frame, where the lowest id wins an overlap) and clears it
+for SA-V (one PNG per object), for the duration of the run. A patched predictor (``tomeplug.patch``) merges
+tokens in its image encoder; everything else runs as upstream.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch import nn
+
+from .item import Masks, VideoItem
+from .metrics import region_j
+from .png_io import pack_ids, write_predictions
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class EncoderTimer:
+    """Wall-clock seconds of every forward of ``module`` (device-synchronised), while the context is open."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module, self.seconds, self._start, self._hooks = module, [], 0.0, []
+
+    def _begin(self, *_: Any) -> None:
+        _sync()
+        self._start = time.perf_counter()
+
+    def _end(self, *_: Any) -> None:
+        _sync()
+        self.seconds.append(time.perf_counter() - self._start)
+
+    def __enter__(self) -> EncoderTimer:
+        self._hooks = [self.module.register_forward_pre_hook(self._begin), self.module.register_forward_hook(self._end)]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+@attrs.frozen(eq=False)
+class VOSResult:
+    """The predictions of one video.
+
+    Attributes:
+        masks: ``{frame index: {object id: (H, W) bool}}`` for every frame from the first prompt on.
+        encoder_seconds: the time of each image-encoder forward (about one per frame).
+        seconds: wall-clock of the whole run (frame loading, prompts, propagation).
+    """
+
+    masks: Masks
+    encoder_seconds: list[float]
+    seconds: float
+
+
+def _resolve_overlaps(objects: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The masks as one palette PNG stores them: each pixel to the lowest overlapping id."""
+    ids = pack_ids(objects, next(iter(objects.values())).shape)
+    return {obj: ids == obj for obj in objects}
+
+
+def run_vos(
+    predictor: nn.Module,
+    item: VideoItem,
+    output_dir: str | Path | None = None,
+    non_overlap: bool | None = None,
+    offload_video_to_cpu: bool = False,
+) -> VOSResult:
+    """Segment every object of ``item`` through the video with a (possibly patched) ``SAM2VideoPredictor``.
+
+    Args:
+        predictor: a ``SAM2VideoPredictor``.
+        item: the video; its frame folder is what ``init_state`` reads.
+        output_dir: if given, write the predictions there as ``<output_dir>/<name>/<frame>.png`` (palette PNG of
+            ids) or, for SA-V items, ``<output_dir>/<name>/<obj:03d>/<frame>.png``.
+        non_overlap: SAM 2's ``non_overlap_masks`` for this run; default: on unless ``item.per_object_png``.
+        offload_video_to_cpu: keep the decoded frames on the CPU (``init_state``'s option).
+    """
+    non_overlap = not item.per_object_png if non_overlap is None else non_overlap
+    saved, predictor.non_overlap_masks = predictor.non_overlap_masks, non_overlap
+    masks: Masks = {}
+    start = time.perf_counter()
+    try:
+        with EncoderTimer(predictor.image_encoder) as timer, torch.inference_mode():
+            state = predictor.init_state(str(item.frame_dir), offload_video_to_cpu=offload_video_to_cpu)
+            got = (state["num_frames"], (state["video_height"], state["video_width"]))
+            if got != (item.num_frames, item.size):
+                raise ValueError(
+                    f"video {item.name!r}: init_state read {got[0]} frames of {got[1]} from {item.frame_dir}, "
+                    f"the item has {item.num_frames} of {item.size}"
+                )
+            for obj, frame in sorted(item.prompts.items()):
+                predictor.add_new_mask(state, frame_idx=frame, obj_id=obj, mask=item.masks[frame][obj])
+            for frame, obj_ids, logits in predictor.propagate_in_video(state):
+                binary = (logits[:, 0] > 0).cpu().numpy()  # (objects, H, W)
+                masks[frame] = {obj: binary[k] for k, obj in enumerate(obj_ids)}
+        _sync()
+    finally:
+        predictor.non_overlap_masks = saved
+    seconds = time.perf_counter() - start
+    if not item.per_object_png:
+        masks = {frame: _resolve_overlaps(objects) for frame, objects in masks.items()}
+    if output_dir is not None:
+        write_predictions(Path(output_dir), item.name, item.frame_names, masks, item.per_object_png)
+    return VOSResult(masks=masks, encoder_seconds=list(timer.seconds), seconds=seconds)
+
+
+def fidelity_j(pred: Masks, reference: Masks, prompts: dict[int, int]) -> dict[int, float | None]:
+    """Per object, the mean J of ``pred`` against ``reference`` (e.g. the unpatched model's predictions).
+
+    Averaged over the frames both predict after the object's prompt frame (on it both return the prompt);
+    ``None`` for an object with no such frame.
+    """
+    scores: dict[int, float | None] = {}
+    for obj, prompt in sorted(prompts.items()):
+        frames = sorted(f for f in pred.keys() & reference.keys() if f > prompt)
+        values = [region_j(pred[f][obj], reference[f][obj]) for f in frames]
+        scores[obj] = math.fsum(values) / len(values) if values else None
+    return scores
