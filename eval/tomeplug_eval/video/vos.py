@@ -59,8 +59,9 @@ class VOSResult:
     """The predictions of one video.
 
     Attributes:
-        masks: ``{frame index: {object id: (H, W) bool}}`` for every frame from the first prompt on.
-        encoder_seconds: the time of each image-encoder forward (about one per frame).
+        masks: ``{frame index: {object id: (H, W) bool}}`` for every frame from the first prompt on (an object
+            is empty before its own prompt frame).
+        encoder_seconds: the time of each image-encoder forward (one per frame and propagation pass).
         seconds: wall-clock of the whole run (frame loading, prompts, propagation).
     """
 
@@ -73,6 +74,45 @@ def _resolve_overlaps(objects: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """The masks as one palette PNG stores them: each pixel to the lowest overlapping id."""
     ids = pack_ids(objects, next(iter(objects.values())).shape)
     return {obj: ids == obj for obj in objects}
+
+
+def _consolidate(
+    logits: dict[int, torch.Tensor], objects: list[int], size: tuple[int, int], non_overlap: bool
+) -> dict[int, np.ndarray]:
+    """One frame's masks from separate passes' logits.
+
+    An object not yet prompted is empty; with ``non_overlap`` each pixel goes to the highest logit (SAM 2's
+    ``_apply_non_overlapping_constraints``).
+    """
+    stacked = torch.stack([logits.get(obj, torch.full(size, -1024.0)) for obj in objects])  # (objects, H, W)
+    if non_overlap:
+        best = stacked.argmax(0) == torch.arange(len(objects))[:, None, None]
+        stacked = torch.where(best, stacked, stacked.clamp(max=-10.0))
+    return {obj: (stacked[k] > 0).numpy() for k, obj in enumerate(objects)}
+
+
+def _track(predictor: nn.Module, state: dict[str, Any], item: VideoItem) -> Masks:
+    """Binary masks of every object on every frame from the first prompt on.
+
+    One propagation per prompt frame: an object first seen later gets its own pass from its frame (a pass
+    cannot take new objects midway; SAM 2's tool tracks such objects separately too), and the passes are
+    combined per frame. In DAVIS 2017 and MOSE every object starts on the first frame: one pass.
+    """
+    groups: dict[int, list[int]] = {}
+    for obj, frame in sorted(item.prompts.items()):
+        groups.setdefault(frame, []).append(obj)
+    separate = len(groups) > 1
+    outputs: dict[int, dict[int, Any]] = {}
+    for start, objects in sorted(groups.items()):
+        predictor.reset_state(state)
+        for obj in objects:
+            predictor.add_new_mask(state, frame_idx=start, obj_id=obj, mask=item.masks[start][obj])
+        for frame, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=start):
+            kept = logits[:, 0].float().cpu() if separate else (logits[:, 0] > 0).cpu().numpy()  # (objects, H, W)
+            outputs.setdefault(frame, {}).update(zip(obj_ids, kept, strict=True))
+    if not separate:
+        return outputs
+    return {f: _consolidate(o, item.object_ids, item.size, predictor.non_overlap_masks) for f, o in outputs.items()}
 
 
 def run_vos(
@@ -94,7 +134,6 @@ def run_vos(
     """
     non_overlap = not item.per_object_png if non_overlap is None else non_overlap
     saved, predictor.non_overlap_masks = predictor.non_overlap_masks, non_overlap
-    masks: Masks = {}
     start = time.perf_counter()
     try:
         with EncoderTimer(predictor.image_encoder) as timer, torch.inference_mode():
@@ -105,11 +144,7 @@ def run_vos(
                     f"video {item.name!r}: init_state read {got[0]} frames of {got[1]} from {item.frame_dir}, "
                     f"the item has {item.num_frames} of {item.size}"
                 )
-            for obj, frame in sorted(item.prompts.items()):
-                predictor.add_new_mask(state, frame_idx=frame, obj_id=obj, mask=item.masks[frame][obj])
-            for frame, obj_ids, logits in predictor.propagate_in_video(state):
-                binary = (logits[:, 0] > 0).cpu().numpy()  # (objects, H, W)
-                masks[frame] = {obj: binary[k] for k, obj in enumerate(obj_ids)}
+            masks = _track(predictor, state, item)
         _sync()
     finally:
         predictor.non_overlap_masks = saved
