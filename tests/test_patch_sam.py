@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_sam, tiny_sam_encoder
-from tomeplug_adapters.sam_vit import merged_attention
 
 import tomeplug
 from tomeplug.plan import MergePlan
+from tomeplug_adapters.sam_vit import merged_attention
 
 PACKAGES = ["segment_anything", "segment_anything_hq"]
 
@@ -192,3 +192,23 @@ def test_unpatch_removes_every_attached_attribute():
     encoder.blocks[0].attn.tomeplug_extra_state = 1  # adapters may attach their own tomeplug_* state
     tomeplug.unpatch(encoder)
     assert [sorted(m.__dict__) for m in encoder.modules()] == before
+
+
+@pytest.mark.parametrize("hq_token_only", [False, True])
+def test_hq_predictor_reads_patched_intermediate_embeddings(hq_token_only):
+    from segment_anything_hq import SamPredictor
+
+    sam = tiny_sam("segment_anything_hq")
+    image = np.random.default_rng(1).integers(0, 255, (200, 160, 3), dtype=np.uint8)
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    dense_interm = [t.clone() for t in predictor.interm_features]
+    dense = predictor.predict(box=np.array([20, 30, 140, 170]), multimask_output=False, hq_token_only=hq_token_only)
+    tomeplug.patch(sam, "tome", layers=[0, 1], r=0.5)
+    predictor.set_image(image)
+    assert len(predictor.interm_features) == len(dense_interm) == 2  # one per global block, as the HQ decoder reads
+    assert not torch.equal(predictor.interm_features[0], dense_interm[0])  # they come from the merged encoder
+    masks, scores, logits = predictor.predict(
+        box=np.array([20, 30, 140, 170]), multimask_output=False, hq_token_only=hq_token_only
+    )
+    assert masks.shape == dense[0].shape == (1, 200, 160) and np.isfinite(logits).all()
