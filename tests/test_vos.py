@@ -17,15 +17,23 @@ from tomeplug_eval.video import (
     VideoItem,
     evaluate_video_dataset,
     read_id_png,
+    read_predictions,
     run_vos,
     summarize_video_records,
     synthetic_video,
     unpatched_copy,
+    video_record,
 )
 from tomeplug_eval.video.png_io import write_palette_png
 
 VIDEO = "sam2.sam2_video_predictor.SAM2VideoPredictor"
 SCORES = ("J", "F", "J&F", "fidelity_J", "objects", "unscored_objects", "videos", "frames")
+
+
+def same_masks(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[f].keys() == b[f].keys() and all(np.array_equal(a[f][o], b[f][o]) for o in a[f]) for f in a
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +65,9 @@ def test_unpatched_run_predicts_every_frame_and_writes_davis_pngs(predictor, dat
     for frame, objects in result.masks.items():
         ids = read_id_png(tmp_path / item.name / f"{item.frame_names[frame]}.png")
         assert all(np.array_equal(ids == obj, mask) for obj, mask in objects.items())
+    assert same_masks(read_predictions(tmp_path, item), result.masks)  # the PNGs are a lossless cache
+    baseline = video_record(item, result, index=0, reference=result.masks)
+    assert all(o["fidelity_J"] == 1.0 for o in baseline["objects"].values())
     assert predictor.non_overlap_masks is False  # set for the run only
 
 
@@ -73,8 +84,7 @@ def test_patched_and_unpatched_both_run_and_the_encoder_merges(predictor, datase
     assert sorted(merged.masks) == sorted(reference.masks)
     assert all(sorted(merged.masks[f]) == sorted(reference.masks[f]) for f in merged.masks)
     tomeplug.unpatch(predictor)
-    again = run_vos(predictor, item)
-    assert all(np.array_equal(again.masks[f][o], m) for f, objs in reference.masks.items() for o, m in objs.items())
+    assert same_masks(run_vos(predictor, item).masks, reference.masks)
 
 
 def test_an_object_appearing_later_gets_its_own_pass(predictor, dataset):
@@ -130,3 +140,4 @@ def test_sav_item_writes_one_png_per_object(predictor, dataset, tmp_path: Path):
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
     assert written == sorted(f"vid/{o}/{n}.png" for o in objects for n in sav_item.frame_names)
     assert sorted(result.masks[1]) == sav_item.object_ids
+    assert same_masks(read_predictions(tmp_path / "out", sav_item), result.masks)

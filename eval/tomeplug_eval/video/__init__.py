@@ -2,10 +2,16 @@
 
 from .catalog import VIDEO_ALIASES, VIDEO_DATASETS, is_video_dataset, list_video_datasets, load_video_dataset
 from .davis import DAVISDataset
-from .evaluate import evaluate_video_dataset, evaluate_video_item, summarize_video_records, unpatched_copy
+from .evaluate import (
+    evaluate_video_dataset,
+    evaluate_video_item,
+    summarize_video_records,
+    unpatched_copy,
+    video_record,
+)
 from .item import Masks, VideoDataset, VideoItem
 from .metrics import boundary_f, boundary_map, boundary_radius, mean_scores, region_j, score_video, scored_frames
-from .png_io import davis_palette, read_id_png, write_predictions
+from .png_io import davis_palette, read_id_png, read_predictions, write_predictions
 from .sav import SAVDataset
 from .synthetic import synthetic_video
 from .vos import EncoderTimer, VOSResult, fidelity_j, run_vos
@@ -32,6 +38,7 @@ __all__ = [
     "load_video_dataset",
     "mean_scores",
     "read_id_png",
+    "read_predictions",
     "region_j",
     "run_vos",
     "scored_frames",
@@ -39,5 +46,6 @@ __all__ = [
     "summarize_video_records",
     "synthetic_video",
     "unpatched_copy",
+    "video_record",
     "write_predictions",
 ]

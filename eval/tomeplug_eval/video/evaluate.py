@@ -1,17 +1,21 @@
 """Video evaluation for the harness: one independent record per video, and their exact summary.
 
-How the harness plugs it in (``dataset=davis|mose|sav|synthetic_video``, ``model=sam2_tiny`` or a SAM 2 /
-2.1 model built as ``SAM2VideoPredictor``)::
+How a harness task plugs it in (``dataset=davis|mose|sav|synthetic_video``; ``model=sam2_tiny`` or a SAM 2 /
+2.1 model built with ``SAM2VideoPredictor`` as its class)::
 
-    from tomeplug_eval.video import load_video_dataset, evaluate_video_item, summarize_video_records, unpatched_copy
+    dataset = load_video_dataset(cfg.dataset.name, cfg.data_root, **options)      # bad paths fail here
+    # prepare, model unpatched: the reference predictions, written once as PNGs (a cache that survives resume)
+    run_vos(model, dataset[i], output_dir=ref_dir)                 # for each i lacking ref_dir / name
+    # evaluate, model patched, for each i of the rank's shard:
+    item = dataset[i]
+    result = run_vos(model, item, output_dir=pred_dir)
+    reference = result.masks if baseline else read_predictions(ref_dir, item)
+    record = video_record(item, result, index=i, reference=reference)
+    # rank 0, with every rank's records:
+    summary = summarize_video_records(records)     # J, F, J&F, fidelity_J, encoder_s_per_frame, ...
 
-    dataset = load_video_dataset(cfg.dataset.name, cfg.data_root, **cfg.dataset.options)
-    reference = unpatched_copy(predictor)            # before patching, or a deep copy unpatched after it
-    tomeplug.patch(predictor, strategy, layers, **params)
-    records = [evaluate_video_item(predictor, dataset[i], index=i, reference_predictor=reference,
-                                   output_dir=out / "predictions") for i in my_shard_indices]
-    # gather records from every rank to rank 0, then:
-    summary = summarize_video_records(all_records)   # J, F, J&F, fidelity_J, encoder_s_per_frame, ...
+Or in one call, keeping the unmerged model as a copy: ``evaluate_video_dataset(patched, dataset, indices,
+reference_predictor=unpatched_copy(model_before_patching), output_dir=...)``.
 
 Records are plain JSON-serialisable dicts, one per video and independent of each other: resume by skipping
 finished indices; merge shards by concatenation (the summary's sums are exact, ``math.fsum``, so it does
@@ -34,9 +38,9 @@ from torch import nn
 
 import tomeplug
 
-from .item import VideoDataset, VideoItem
+from .item import Masks, VideoDataset, VideoItem
 from .metrics import mean_scores, score_video
-from .vos import fidelity_j, run_vos
+from .vos import VOSResult, fidelity_j, run_vos
 
 
 def unpatched_copy(predictor: nn.Module) -> nn.Module:
@@ -46,36 +50,33 @@ def unpatched_copy(predictor: nn.Module) -> nn.Module:
     return reference
 
 
-def evaluate_video_item(
-    predictor: nn.Module,
+def video_record(
     item: VideoItem,
+    result: VOSResult,
     index: int | None = None,
-    reference_predictor: nn.Module | None = None,
-    output_dir: str | Path | None = None,
+    reference: Masks | None = None,
     exclude_void: bool = False,
     skip_first_and_last: bool = True,
 ) -> dict[str, Any]:
-    """Run and score one video; the record the harness stores for it.
+    """Score one run of one video: the record the harness stores for it.
 
     Args:
-        predictor: the (patched) ``SAM2VideoPredictor``.
         item: the video.
+        result: :func:`run_vos`'s output for it.
         index: the item's index in its dataset, recorded for sharding and resume.
-        reference_predictor: if given (the unpatched model), also run it and record ``fidelity_J`` per object.
-        output_dir: write the predictions there (DAVIS or SA-V layout, see :func:`run_vos`).
+        reference: the unmerged model's masks of the same video (its :func:`run_vos` masks, or its PNGs read
+            back with :func:`read_predictions`); adds ``fidelity_J`` per object. For the baseline, pass its own.
         exclude_void, skip_first_and_last: scoring options, see :func:`score_video`.
     Returns:
         ``name``, ``index``, ``frames``, ``annotated_frames``; ``objects``: ``{id: {J, F, J&F, frames,
         prompt_frame[, fidelity_J]}}`` (ids as strings); the sequence's ``J``, ``F``, ``J&F`` (mean over its
         objects); ``encoder_calls``, ``encoder_seconds`` (their sum), ``encoder_median_s``, ``seconds``.
     """
-    result = run_vos(predictor, item, output_dir)
     scores = score_video(item, result.masks, exclude_void, skip_first_and_last)
     for obj, score in scores.items():
         score["prompt_frame"] = item.prompts[obj]
-    if reference_predictor is not None:
-        reference = run_vos(reference_predictor, item)
-        for obj, value in fidelity_j(result.masks, reference.masks, item.prompts).items():
+    if reference is not None:
+        for obj, value in fidelity_j(result.masks, reference, item.prompts).items():
             scores[obj]["fidelity_J"] = value
     sequence = mean_scores(list(scores.values()))
     encoder = result.encoder_seconds
@@ -93,6 +94,24 @@ def evaluate_video_item(
         "encoder_median_s": statistics.median(encoder) if encoder else None,
         "seconds": result.seconds,
     }
+
+
+def evaluate_video_item(
+    predictor: nn.Module,
+    item: VideoItem,
+    index: int | None = None,
+    reference_predictor: nn.Module | None = None,
+    output_dir: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Run and score one video: :func:`run_vos`, then :func:`video_record`.
+
+    With ``reference_predictor`` (the unmerged model) that runs too, for fidelity. ``options`` go to
+    :func:`video_record` (``exclude_void``, ``skip_first_and_last``).
+    """
+    result = run_vos(predictor, item, output_dir)
+    reference = None if reference_predictor is None else run_vos(reference_predictor, item).masks
+    return video_record(item, result, index, reference, **options)
 
 
 def evaluate_video_dataset(

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .item import Masks, VideoItem
+
 VOID = 255
 FRAME_EXTS = (".jpg", ".jpeg", ".JPG", ".JPEG")  # what SAM2VideoPredictor.init_state reads
 
@@ -103,3 +105,18 @@ def write_predictions(
         else:
             size = next(iter(objects.values())).shape
             write_palette_png(out_dir / name / f"{frame_names[frame]}.png", pack_ids(objects, size))
+
+
+def read_predictions(out_dir: str | Path, item: VideoItem) -> Masks:
+    """The masks :func:`write_predictions` wrote for ``item`` under ``out_dir``, for every frame found."""
+    folder, objects = Path(out_dir) / item.name, item.object_ids
+    masks: Masks = {}
+    for frame, stem in enumerate(item.frame_names):
+        if item.per_object_png:
+            paths = {obj: folder / f"{obj:03d}" / f"{stem}.png" for obj in objects}
+            if all(p.is_file() for p in paths.values()):
+                masks[frame] = {obj: read_binary_png(p) for obj, p in paths.items()}
+        elif (folder / f"{stem}.png").is_file():
+            ids = read_id_png(folder / f"{stem}.png")
+            masks[frame] = {obj: ids == obj for obj in objects}
+    return masks
