@@ -4,6 +4,10 @@ A model is one entry in :data:`MODELS`: a builder that returns the random-initia
 and the official checkpoint's file name. Checkpoints live in :data:`CHECKPOINT_DIR` (``checkpoints/``
 under the working directory, or ``$TOMEPLUG_CHECKPOINT_DIR``), e.g. ``checkpoints/sam_vit_b_01ec64.pth``.
 Loading is strict: a missing, unreadable or mismatched file is an error that names the file and the fix.
+
+Names: ``sam_vit_{b,l,h}`` (SAM), ``hq_sam_vit_{b,l,h}`` (HQ-SAM), ``sam2_hiera_{t,s,b+,l}`` (SAM 2),
+``sam2.1_hiera_{t,s,b+,l}`` (SAM 2.1), and the tiny test models ``sam_tiny``, ``hq_sam_tiny``, ``sam2_tiny``
+(official classes, small dimensions, no checkpoint). ``vit_b``, ``vit_l``, ``vit_h`` and ``tiny`` are aliases.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import attrs
 import torch
 from torch import nn
 
-from tomeplug.torchvision_compat import ensure_torchvision
+from .model_builders import registry_model, sam2_model, tiny_sam, tiny_sam2
 
 CHECKPOINT_DIR = Path(os.environ.get("TOMEPLUG_CHECKPOINT_DIR", "checkpoints"))
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -33,29 +37,9 @@ class RandomWeightsWarning(UserWarning):
     """A model was built without a checkpoint: FLOPs and timings are real, its outputs are not."""
 
 
-def _registry_builder(package: str, name: str) -> nn.Module:
-    """The random-initialised model of ``package``'s ``sam_model_registry[name]``."""
-    ensure_torchvision()
-    module = __import__(package, fromlist=["sam_model_registry"])
-    return module.sam_model_registry[name](checkpoint=None)
-
-
-def _tiny_sam() -> nn.Module:
-    """A small official ``Sam`` for tests and smoke runs: ViT encoder embed 64, depth 4, 256x256 input."""
-    ensure_torchvision()
-    from segment_anything import modeling
-
-    encoder = modeling.ImageEncoderViT(
-        img_size=256, embed_dim=64, depth=4, num_heads=4, out_chans=32, use_rel_pos=True,
-        window_size=7, global_attn_indexes=[1, 3],
-    )  # fmt: skip
-    decoder = modeling.MaskDecoder(
-        transformer_dim=32, transformer=modeling.TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2)
-    )
-    prompts = modeling.PromptEncoder(
-        embed_dim=32, image_embedding_size=(16, 16), input_image_size=(256, 256), mask_in_chans=8
-    )
-    return modeling.Sam(image_encoder=encoder, prompt_encoder=prompts, mask_decoder=decoder)
+SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
+SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+HQ_URL = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
 
 
 @attrs.frozen
@@ -64,29 +48,62 @@ class ModelSpec:
 
     Args:
         build: returns the random-initialised model.
+        family: ``"sam"``, ``"hq_sam"`` or ``"sam2"``: how images are encoded and prompts decoded.
         checkpoint: the official checkpoint's file name, or None where there is none.
         url: where to download it from.
         state_dict_key: the key holding the state dict inside the checkpoint (SAM 2 uses ``"model"``).
+        source: where the architecture comes from (a registry entry or a yaml), for records and checks.
     """
 
     build: Callable[[], nn.Module]
+    family: str = "sam"
     checkpoint: str | None = None
     url: str | None = None
     state_dict_key: str | None = None
+    source: str = ""
 
 
+def _sam(package: str, family: str, size: str, checkpoint: str, url: str) -> ModelSpec:
+    return ModelSpec(partial(registry_model, package, size), family, checkpoint, url, None, f"{package}:{size}")
+
+
+def _sam2(version: str, size: str, checkpoint: str) -> ModelSpec:
+    prefix = "sam2" if version == "2" else "sam2.1"
+    config = f"{prefix}/{prefix}_hiera_{size}.yaml"
+    url = SAM2_URL if version == "2" else SAM21_URL
+    return ModelSpec(partial(sam2_model, config), "sam2", f"{prefix}_hiera_{checkpoint}.pt", url, "model", config)
+
+
+_SAM_FILES = {"b": "sam_vit_b_01ec64.pth", "l": "sam_vit_l_0b3195.pth", "h": "sam_vit_h_4b8939.pth"}
+_hq_file = "sam_hq_vit_{}.pth".format
+_HIERA = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
 MODELS: dict[str, ModelSpec] = {
-    "vit_b": ModelSpec(partial(_registry_builder, "segment_anything", "vit_b"), "sam_vit_b_01ec64.pth", SAM_URL),
-    "vit_l": ModelSpec(partial(_registry_builder, "segment_anything", "vit_l"), "sam_vit_l_0b3195.pth", SAM_URL),
-    "vit_h": ModelSpec(partial(_registry_builder, "segment_anything", "vit_h"), "sam_vit_h_4b8939.pth", SAM_URL),
-    "tiny": ModelSpec(_tiny_sam),
+    **{f"sam_vit_{s}": _sam("segment_anything", "sam", f"vit_{s}", f, SAM_URL) for s, f in _SAM_FILES.items()},
+    **{f"hq_sam_vit_{s}": _sam("segment_anything_hq", "hq_sam", f"vit_{s}", _hq_file(s), HQ_URL) for s in "blh"},
+    **{f"sam2_hiera_{s}": _sam2("2", s, f) for s, f in _HIERA.items()},
+    **{f"sam2.1_hiera_{s}": _sam2("2.1", s, f) for s, f in _HIERA.items()},
+    "sam_tiny": ModelSpec(tiny_sam, "sam", source="segment_anything, tiny dims"),
+    "hq_sam_tiny": ModelSpec(partial(tiny_sam, "segment_anything_hq"), "hq_sam", source="segment_anything_hq, tiny"),
+    "sam2_tiny": ModelSpec(tiny_sam2, "sam2", state_dict_key="model", source="sam2.1/sam2.1_hiera_t.yaml, tiny"),
 }
+ALIASES: dict[str, str] = {"vit_b": "sam_vit_b", "vit_l": "sam_vit_l", "vit_h": "sam_vit_h", "tiny": "sam_tiny"}
+
+
+def canonical_name(name: str) -> str:
+    """The :data:`MODELS` key of ``name`` (aliases such as ``vit_l`` resolved); an error lists the known."""
+    key = ALIASES.get(name, name)
+    if key not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return key
 
 
 def _spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    return MODELS[name]
+    return MODELS[canonical_name(name)]
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name`` (aliases resolved)."""
+    return _spec(name)
 
 
 def default_checkpoint(name: str) -> Path | None:
@@ -97,9 +114,31 @@ def default_checkpoint(name: str) -> Path | None:
 
 def _download_hint(name: str) -> str:
     spec, path = _spec(name), default_checkpoint(name)
+    random = "random weights: checkpoint=None (harness: checkpoint=random)"
     if spec.checkpoint is None:
-        return f"model {name!r} has no official checkpoint; pass checkpoint=None"
-    return f"download {spec.url}{spec.checkpoint} to {path} (or pass checkpoint=None for random weights)"
+        return f"model {name!r} has no official checkpoint; use {random}"
+    return f"download {spec.url}{spec.checkpoint} to {path} (or use {random})"
+
+
+def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> Path | None:
+    """The checkpoint file to load for model ``name``, or None for random weights.
+
+    ``"auto"``: the official file in :data:`CHECKPOINT_DIR` if it is there, else random weights.
+    ``None``, ``"random"`` or ``"none"``: random weights. A folder: the official file name inside it
+    (handy in sweeps over models). Any other value is the file itself (it must exist).
+    """
+    if checkpoint is None or str(checkpoint).lower() in ("random", "none", "null"):
+        return None
+    spec = _spec(name)
+    if str(checkpoint) == "auto":
+        path = default_checkpoint(name)
+        return path if path is not None and path.is_file() else None
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        if spec.checkpoint is None:
+            raise FileNotFoundError(f"checkpoint folder {path} given, but model {name!r} has no official file")
+        return path / spec.checkpoint
+    return path
 
 
 def state_dict_problems(expected: dict[str, Any], found: dict[str, Any], limit: int = 5) -> list[str]:
@@ -114,11 +153,17 @@ def state_dict_problems(expected: dict[str, Any], found: dict[str, Any], limit: 
     return problems
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
-    """Load ``path`` into ``model`` strictly; errors name the file, the problem and the fix."""
-    path, spec = Path(path), _spec(name)
+def require_checkpoint(path: str | Path, name: str) -> Path:
+    """``path`` as a Path if it is a file; else an error naming it and where to download the official file."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} for model {name!r} not found: {_download_hint(name)}")
+    return path
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
+    """Load ``path`` into ``model`` strictly; errors name the file, the problem and the fix."""
+    path, spec = require_checkpoint(path, name), _spec(name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -141,7 +186,7 @@ def build_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     """Build model ``name`` (a key of :data:`MODELS`) in eval mode.
 
     Args:
-        name: ``vit_b``, ``vit_l``, ``vit_h`` (SAM) or ``tiny`` (a small SAM for tests).
+        name: a key of :data:`MODELS` or an alias (``vit_l``, ``tiny``).
         checkpoint: a checkpoint path, loaded strictly; None gives random weights, with a
             :class:`RandomWeightsWarning`.
     """

@@ -1,0 +1,41 @@
+"""The evaluation harness: any registered strategy x model x schedule x dataset, as a hydra app.
+
+    python eval/harness.py model=sam_tiny strategy=tome dataset=synthetic
+    python eval/harness.py -m model=sam_vit_l strategy=none,tome,pitome layers=paper dataset=coift \\
+        data_root=/data/hq-sam checkpoint=checkpoints
+    torchrun --nproc_per_node 2 eval/harness.py -m strategy=none,tome ...
+
+``--help`` lists the config groups and every key (documented in ``eval/conf/harness.yaml``). Each job
+appends one line to ``<output_dir>/results.jsonl`` and regenerates ``results.csv``, ``results.md`` and
+``results.png`` there, so every job of a sweep (and every later invocation) accumulates in one table.
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from tomeplug.torchvision_compat import ensure_torchvision
+from tomeplug_eval.runner import run
+
+
+@hydra.main(config_path="conf", config_name="harness", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Run one job (hydra calls this once per job of a multirun)."""
+    record = run(cfg)
+    if record is not None:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items())
+        gflops = (record.get("flops") or {}).get("gflops")
+        cost = f", {gflops:.4g} GFLOPs" if gflops is not None else ""
+        ms = 1000 * record["latency"]["encoder_s"]
+        title = f"{record['model']} / {record['strategy']} / {record['dataset']}"
+        print(f"[tomeplug] {title}: {metrics}{cost}, {ms:.1f} ms/img")
+        print(f"[tomeplug] table: {cfg.output_dir}/results.md", flush=True)
+
+
+if __name__ == "__main__":
+    ensure_torchvision()
+    if GlobalHydra.instance().is_initialized():  # `import sam2` (by a plugin) initialises hydra; the app owns it
+        GlobalHydra.instance().clear()
+    main()

@@ -1,0 +1,103 @@
+"""Peak memory of a block of work: exact on CUDA, sampled resident memory on CPU.
+
+- CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before: the peak of
+  tensors the work created (the caching allocator's own reserve is not counted).
+- CPU: glibc's ``malloc_trim(0)`` first hands the memory freed by earlier work back to the system (else it
+  would be reused without showing in the resident set); then a background thread samples the process's
+  resident set size (``/proc/self/statm``) every ``interval_s`` while the work runs. The peak is the
+  highest sample minus the RSS just before: the work's transient working set (weights already resident
+  are not counted). Torch ops release the GIL, so the sampler runs during them; a peak shorter than the
+  interval can be missed, and re-touching trimmed pages costs page faults (a few percent of a large
+  forward's time: the harness meters only the first batch of a run on CPU). Where ``/proc`` is missing
+  (macOS), the growth of ``resource.getrusage``'s lifetime maximum is used, a lower bound.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+import sys
+import threading
+from types import TracebackType
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+MB = 1024 * 1024
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``); False where unavailable."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def rss_bytes() -> int | None:
+    """The resident set size of this process in bytes, or None where /proc is unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def max_rss_bytes() -> int:
+    """The lifetime peak RSS of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory the enclosed work adds, in MiB (``peak_mb``).
+
+    Args:
+        device: where the work runs; CUDA devices use the allocator's statistics, others sample RSS.
+        interval_s: the CPU sampling interval.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.002) -> None:
+        self.device = torch.device(device)
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._base = 0
+        self._peak = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._peak = max(self._peak, rss_bytes() or 0)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        release_free_memory()
+        current = rss_bytes()
+        if current is None:
+            self._base = max_rss_bytes()
+            return self
+        self._base = self._peak = current
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is None:
+            peak = max_rss_bytes()
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, rss_bytes() or 0)
+        self.peak_mb = max(0, peak - self._base) / MB

@@ -1,0 +1,127 @@
+"""One harness job's identity, resolved from its hydra config: what to patch, and the keys of its caches.
+
+``strategy.name`` is ``none`` (the unmerged baseline), ``mix`` (``layers`` is a ``{block: strategy}``
+mapping) or a registered strategy; the strategy node's other non-null keys are that strategy's parameters,
+``r`` (when not null) applies to every merged block. The run key hashes everything that changes the
+numbers (model, weights, strategy, schedule, data, protocol, precision, device type, batch size), so a
+finished run is recognised and an interrupted one resumes; the reference key drops the strategy and the
+schedule: every strategy of a sweep shares the unmerged model's reference outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from torch import nn
+
+import tomeplug
+
+from .sam_models import canonical_name, require_checkpoint, resolve_checkpoint
+
+BASELINE, MIX = "none", "mix"
+
+
+def plain(value: Any) -> Any:
+    """An OmegaConf node (or anything) as plain JSON-able Python: dicts, lists, scalars."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - the harness always has omegaconf
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _layers(value: Any) -> Any:
+    value = plain(value)
+    if isinstance(value, Mapping):
+        return {int(k): v for k, v in value.items()}
+    if isinstance(value, str) and value.lower() in ("all", "null", "none"):
+        return None
+    return value
+
+
+def digest(data: Any) -> str:
+    """A short stable hash of JSON-able data."""
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_identity(path: Path | None, seed: int) -> str:
+    """``random:<seed>``, or the checkpoint's absolute path with its size and modification time."""
+    if path is None:
+        return f"random:{seed}"
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+@attrs.frozen
+class RunSpec:
+    """The resolved identity of one job (see the module docstring)."""
+
+    model: str
+    checkpoint: Path | None
+    strategy: str
+    params: dict[str, Any]
+    layers: Any
+    reference_key: str
+    run_key: str
+
+    @property
+    def baseline(self) -> bool:
+        """Whether this is the unmerged model (``strategy=none``)."""
+        return self.strategy == BASELINE
+
+    @property
+    def weights(self) -> str:
+        """``"random"`` or ``"checkpoint"``, as recorded in the results."""
+        return "random" if self.checkpoint is None else "checkpoint"
+
+    def patch(self, model: nn.Module) -> tomeplug.PatchHandle | None:
+        """Patch ``model`` with this job's schedule (None for the baseline)."""
+        if self.baseline:
+            return None
+        strategy = None if self.strategy == MIX else self.strategy
+        return tomeplug.patch(model, strategy, self.layers, **self.params)
+
+
+def resolve(cfg: Any, device_type: str) -> RunSpec:
+    """The :class:`RunSpec` of a composed harness config run on ``device_type`` (checkpoints must exist)."""
+    model = canonical_name(cfg.model.name)
+    checkpoint = resolve_checkpoint(model, cfg.checkpoint)
+    if checkpoint is not None:
+        require_checkpoint(checkpoint, model)
+    strategy_node = dict(plain(cfg.strategy))
+    strategy = str(strategy_node.pop("name"))
+    params = {k: v for k, v in strategy_node.items() if v is not None}
+    layers = _layers(cfg.layers)
+    if strategy == BASELINE:
+        params, layers = {}, None
+    else:
+        if cfg.r is not None:
+            params["r"] = cfg.r
+        if (strategy == MIX) != isinstance(layers, Mapping):
+            raise ValueError(
+                "strategy=mix takes its strategies from a {block: strategy} mapping in layers, e.g. "
+                "strategy=mix 'layers={0:tome,4:pitome}'; a mapping in layers needs strategy=mix"
+            )
+    dataset = plain(cfg.dataset)
+    data_root = None if cfg.data_root is None else str(Path(cfg.data_root).expanduser().resolve())
+    shared = {
+        "model": model,
+        "model_options": {k: v for k, v in plain(cfg.model).items() if k != "name"},
+        "weights": weights_identity(checkpoint, cfg.seed),
+        "dataset": dataset,
+        "data_root": data_root,
+        "limit": cfg.limit,
+        "keep_aspect": cfg.keep_aspect,
+        "dtype": cfg.dtype,
+        "device": device_type,
+        "batch_size": cfg.batch_size,
+    }
+    run = {**shared, "strategy": strategy, "params": params, "layers": layers}
+    return RunSpec(model, checkpoint, strategy, params, layers, digest(shared), digest(run))

@@ -1,0 +1,138 @@
+"""One harness job: resolve, skip if finished, evaluate this rank's unfinished items, gather, record.
+
+Steps: resolve the config (:mod:`.run_spec`); skip a run key already in ``results.jsonl``; load the
+dataset listing (bad paths fail here); build the model (seeded, so random weights agree across ranks)
+and load its checkpoint strictly; let the task prepare with the model unpatched (reference outputs);
+patch; evaluate this rank's unfinished items, caching each; gather every rank's records on rank 0;
+count FLOPs (once per model, schedule and input size: cached); write the run's line and the tables.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed
+from .flops_cache import encoder_flops
+from .report import write_reports
+from .results import ItemCache, ResultsFile, locked
+from .run_spec import RunSpec, plain, resolve
+from .sam_models import RandomWeightsWarning, build_model, default_checkpoint, model_spec
+from .tasks import Task, TaskSetup, task_class
+
+
+def pick_device(name: str, world: distributed.World) -> torch.device:
+    """``auto``: this rank's GPU when CUDA is available, else the CPU; anything else as given."""
+    if name == "auto":
+        return torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers."""
+    found = {}
+    for dist in ("tomeplug", "torch", "segment-anything", "segment-anything-hq", "sam2", "fvcore"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _build(spec: RunSpec, cfg: Any, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # said once, loudly, by the runner
+        return build_model(spec.model, spec.checkpoint).to(device)
+
+
+def _say(world: distributed.World, message: str) -> None:
+    if world.is_main:
+        print(message, flush=True)
+
+
+def run(cfg: Any) -> dict[str, Any] | None:
+    """Run one job of the harness; returns its record on rank 0 (None elsewhere or when skipped)."""
+    started = time.perf_counter()
+    probe = distributed.world_from_env()
+    device = pick_device(str(cfg.device), probe)
+    world = distributed.init(device.type)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    output_dir = Path(cfg.output_dir)
+    spec = resolve(cfg, device.type)
+    results = ResultsFile(output_dir)
+    title = f"{spec.model} / {spec.strategy} / {cfg.dataset.name} (run {spec.run_key})"
+    if distributed.broadcast(bool(cfg.resume) and results.finished(spec.run_key) is not None, world):
+        _say(world, f"[tomeplug] {title}: finished earlier, skipped (resume=false reruns it)")
+        return None
+    task: Task = task_class(str(cfg.dataset.task))(TaskSetup(cfg, spec, device, world, output_dir))
+    count = len(task) if cfg.limit is None else min(len(task), int(cfg.limit))
+    if count == 0:
+        raise ValueError(f"dataset {cfg.dataset.name!r} has no items to evaluate")
+    if spec.weights == "random":
+        where = default_checkpoint(spec.model)
+        why = (
+            "checkpoint=random"
+            if cfg.checkpoint != "auto"
+            else f"no checkpoint at {where}"
+            if where
+            else "no official file"
+        )
+        _say(world, f"[tomeplug] !!! {spec.model}: RANDOM WEIGHTS ({why}); FLOPs and timings real, masks meaningless")
+    model = _build(spec, cfg, device)
+    task.bind(model, model_spec(spec.model).family)
+    cache = ItemCache(output_dir, spec.run_key, world.rank)
+    mine = distributed.shard(range(count), world)
+    done = {i: r for i, r in cache.load().items() if i in set(mine)} if cfg.resume else {}
+    todo = [i for i in mine if i not in done]
+    _say(world, f"[tomeplug] {title}: {count} items, {world.size} process(es), {len(done)} cached on rank 0")
+    task.prepare(todo)
+    dense = encoder_flops(task, output_dir, spec.model, None) if world.is_main and cfg.flops else None
+    handle = spec.patch(model)
+    flops = encoder_flops(task, output_dir, spec.model, handle) if world.is_main and cfg.flops else None
+    for record in task.evaluate(todo):
+        cache.append(record)
+        done[record["index"]] = record
+    gathered = distributed.gather(list(done.values()), world)
+    if handle is not None:
+        handle.remove()
+    if not world.is_main:
+        return None
+    records = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+    if [r["index"] for r in records] != list(range(count)):
+        raise RuntimeError(f"gathered items do not cover 0..{count - 1} exactly once")
+    record = {
+        "run_key": spec.run_key,
+        "model": spec.model,
+        "weights": spec.weights,
+        "checkpoint": None if spec.checkpoint is None else str(spec.checkpoint),
+        "dataset": str(cfg.dataset.name),
+        "task": task.name,
+        "strategy": spec.strategy,
+        "layers": spec.layers,
+        "params": spec.params,
+        "blocks": None if handle is None else handle.to_dict(),
+        **task.summarise(records),
+        "flops": None if flops is None else {**flops, "dense_gflops": dense["gflops"]} | _ratio(flops, dense),
+        "plot_metrics": list(task.plot_metrics),
+        "device": device.type,
+        "world_size": world.size,
+        "wall_s": time.perf_counter() - started,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "config": plain(cfg),
+    }
+    with locked(output_dir):
+        write_reports(results.add(record), output_dir)
+    return record
+
+
+def _ratio(flops: dict[str, Any], dense: dict[str, Any]) -> dict[str, float]:
+    return {"ratio": flops["total"] / dense["total"] if dense["total"] else float("nan")}

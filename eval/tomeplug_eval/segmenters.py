@@ -1,0 +1,135 @@
+"""Box-prompted segmentation with an official model, split as SAM's predictors split it: encode, then decode.
+
+:meth:`Segmenter.encode` runs the image encoder once for a batch of images (the part token merging changes,
+the part that is timed); :meth:`Segmenter.decode` prompts one image's features with one box per object and
+returns single-mask logits at the image's original size. Decoding goes through the official predictors
+(``SamPredictor`` of segment_anything / segment_anything_hq, ``SAM2ImagePredictor``) with their features set
+from the batch, so prompt encoding, mask decoding and upsampling are exactly theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tomeplug.torchvision_compat import ensure_torchvision
+
+Size = tuple[int, int]
+
+
+class Segmenter:
+    """One model family's encode/decode flow. ``input_size`` is the encoder's square input side."""
+
+    input_size: int
+    encoder: nn.Module
+
+    def preprocess(self, images: list[np.ndarray]) -> Tensor:
+        """(B, 3, S, S) model input from resized (H', W', 3) uint8 images."""
+        raise NotImplementedError
+
+    def encode(self, batch: Tensor) -> Any:
+        """Run the image encoder on a preprocessed batch; returns the features ``decode`` needs."""
+        raise NotImplementedError
+
+    def embedding(self, features: Any, i: int) -> Tensor:
+        """Image ``i``'s embedding (C, h, w): the map the mask decoder attends to."""
+        raise NotImplementedError
+
+    def decode(self, features: Any, i: int, boxes: np.ndarray, input_hw: Size, size: Size) -> Tensor:
+        """(K, H, W) mask logits at the original ``size`` for K boxes (K, 4) given in the input frame."""
+        raise NotImplementedError
+
+
+class SamSegmenter(Segmenter):
+    """SAM and HQ-SAM (``hq=True``: the encoder also returns intermediate embeddings for the HQ decoder).
+
+    Args:
+        model: an official ``Sam``.
+        hq: whether it is HQ-SAM.
+        hq_token_only: HQ-SAM only: use the HQ token's mask alone (as HQ-SAM's evaluation on DIS, COIFT,
+            HRSOD and ThinObject does) rather than its sum with SAM's mask.
+    """
+
+    def __init__(self, model: nn.Module, hq: bool = False, hq_token_only: bool = True) -> None:
+        ensure_torchvision()
+        package = "segment_anything_hq" if hq else "segment_anything"
+        predictor_cls = __import__(package, fromlist=["SamPredictor"]).SamPredictor
+        self.model, self.hq, self.hq_token_only = model, hq, hq_token_only
+        self.predictor = predictor_cls(model)
+        self.encoder = model.image_encoder
+        self.input_size = model.image_encoder.img_size
+
+    def preprocess(self, images: list[np.ndarray]) -> Tensor:
+        device = self.model.device
+        tensors = [torch.as_tensor(image, device=device).permute(2, 0, 1)[None].float() for image in images]
+        return torch.cat([self.model.preprocess(t) for t in tensors])  # normalised, padded to S x S
+
+    def encode(self, batch: Tensor) -> Any:
+        out = self.encoder(batch)
+        return out if self.hq else (out, None)  # (features (B, C, h, w), intermediate embeddings or None)
+
+    def embedding(self, features: Any, i: int) -> Tensor:
+        return features[0][i]
+
+    def decode(self, features: Any, i: int, boxes: np.ndarray, input_hw: Size, size: Size) -> Tensor:
+        embeddings, interm = features
+        p = self.predictor
+        p.features, p.original_size, p.input_size, p.is_image_set = embeddings[i : i + 1], size, input_hw, True
+        kwargs: dict[str, Any] = {}
+        if self.hq:
+            p.interm_features = [t[i : i + 1] for t in interm]
+            kwargs["hq_token_only"] = self.hq_token_only
+        box_tensor = torch.as_tensor(boxes, dtype=torch.float, device=embeddings.device)
+        logits, _, _ = p.predict_torch(None, None, box_tensor, multimask_output=False, return_logits=True, **kwargs)
+        return logits[:, 0]
+
+
+class Sam2Segmenter(Segmenter):
+    """SAM 2 / 2.1: Hiera trunk and FPN neck, then the image predictor's feature layout and decoder."""
+
+    def __init__(self, model: nn.Module) -> None:
+        ensure_torchvision()
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.model = model
+        self.predictor = SAM2ImagePredictor(model)
+        self.encoder = model.image_encoder
+        self.input_size = model.image_size
+
+    def preprocess(self, images: list[np.ndarray]) -> Tensor:
+        return self.predictor._transforms.forward_batch(images).to(self.model.device)
+
+    def encode(self, batch: Tensor) -> Any:
+        backbone = self.model.forward_image(batch)
+        _, feats, _, sizes = self.model._prepare_backbone_features(backbone)
+        if self.model.directly_add_no_mem_embed:  # as SAM2ImagePredictor.set_image_batch
+            feats[-1] = feats[-1] + self.model.no_mem_embed
+        b = batch.shape[0]
+        maps = [f.permute(1, 2, 0).reshape(b, -1, *s) for f, s in zip(feats, sizes, strict=True)]  # (B, C, h, w)
+        return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}
+
+    def embedding(self, features: Any, i: int) -> Tensor:
+        return features["image_embed"][i]
+
+    def decode(self, features: Any, i: int, boxes: np.ndarray, input_hw: Size, size: Size) -> Tensor:
+        if tuple(input_hw) != (self.input_size, self.input_size):
+            raise ValueError(f"SAM 2 takes square {self.input_size}x{self.input_size} inputs, got {input_hw}")
+        p = self.predictor
+        p._features = {"image_embed": features["image_embed"][i : i + 1]}
+        p._features["high_res_feats"] = [f[i : i + 1] for f in features["high_res_feats"]]
+        p._orig_hw, p._is_image_set, p._is_batch = [size], True, False
+        box_tensor = torch.as_tensor(boxes, dtype=torch.float, device=self.model.device)
+        logits, _, _ = p._predict(None, None, box_tensor, multimask_output=False, return_logits=True, img_idx=0)
+        return logits[:, 0]
+
+
+def make_segmenter(model: nn.Module, family: str, hq_token_only: bool = True) -> Segmenter:
+    """The segmenter of a model family: ``"sam"``, ``"hq_sam"`` or ``"sam2"``."""
+    if family == "sam2":
+        return Sam2Segmenter(model)
+    if family in ("sam", "hq_sam"):
+        return SamSegmenter(model, hq=family == "hq_sam", hq_token_only=hq_token_only)
+    raise ValueError(f"unknown model family {family!r}; known: sam, hq_sam, sam2")

@@ -1,0 +1,112 @@
+"""Tables across a sweep: every run of ``results.jsonl`` as one row of a CSV and of a markdown table.
+
+Speedup and FLOPs ratio are relative to the unmerged baseline: the ``strategy=none`` run of the same model,
+weights, dataset and device when it is in the file (speedup), and the dense FLOPs count every run records.
+Accuracy and fidelity metrics are shown in percent, cosines as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+IDENTITY = ("model", "weights", "dataset", "strategy", "schedule")
+METRIC_LABELS = {"miou": "mIoU", "mbiou": "mBIoU", "fid_iou": "fid. IoU", "emb_cos": "emb. cos"}
+COSTS = (
+    ("gflops", "GFLOPs", "{:.4g}"),
+    ("flops_ratio", "FLOPs", "{:.3f}"),
+    ("overhead_g", "merge ovh. G", "{:.3g}"),
+    ("latency_ms", "ms/img", "{:.1f}"),
+    ("speedup", "speedup", "{:.2f}x"),
+    ("peak_mem_mb", "peak MB", "{:.0f}"),
+    ("images", "images", "{}"),
+)
+
+
+def schedule_label(record: dict[str, Any]) -> str:
+    """How the run chose its blocks: ``paper``, ``all``, ``[0, 2, 5]`` or ``{0: tome, 4: pitome}``; ``-`` for none."""
+    if record.get("strategy") == "none":
+        return "-"
+    layers = record.get("layers")
+    if layers is None:
+        return "all"
+    if isinstance(layers, dict):
+        return "{" + ", ".join(f"{k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in layers.items()) + "}"
+    return str(layers) if isinstance(layers, str) else "[" + ", ".join(map(str, layers)) + "]"
+
+
+def _baseline_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return record["model"], record["weights"], record["dataset"], record.get("device")
+
+
+def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per record: identity, parameters, metrics, costs (with speedup against ``none``)."""
+    baselines = {_baseline_key(r): r for r in records if r.get("strategy") == "none"}
+    out = []
+    for r in records:
+        flops, latency = r.get("flops") or {}, r.get("latency") or {}
+        base = baselines.get(_baseline_key(r))
+        base_s = ((base or {}).get("latency") or {}).get("encoder_s")
+        own_s = latency.get("encoder_s")
+        row = {key: r.get(key) for key in IDENTITY} | {"schedule": schedule_label(r)}
+        row["params"] = json.dumps(r.get("params") or {}, sort_keys=True)
+        row.update(r.get("metrics") or {})
+        row.update(
+            gflops=flops.get("gflops"),
+            dense_gflops=flops.get("dense_gflops"),
+            flops_ratio=flops.get("ratio"),
+            overhead_g=flops.get("overhead_g"),
+            latency_ms=None if own_s is None else 1000 * own_s,
+            speedup=base_s / own_s if base_s and own_s else None,
+            peak_mem_mb=r.get("peak_mem_mb"),
+            images=r.get("images"),
+            objects=r.get("objects"),
+            device=r.get("device"),
+            run_key=r.get("run_key"),
+        )
+        out.append(row)
+    return out
+
+
+def metric_names(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The metric columns present: the known ones in :data:`METRIC_LABELS` order, then others as first seen."""
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r.get("metrics") or {}))
+    known = list(METRIC_LABELS)
+    return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), list(names).index(n)))
+
+
+def to_csv(records: Sequence[dict[str, Any]]) -> str:
+    """Every row with every column (raw fractions, seconds as ms)."""
+    table = rows(records)
+    columns: dict[str, None] = {}
+    for row in table:
+        columns.update(dict.fromkeys(row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return buffer.getvalue()
+
+
+def _metric_cell(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if "cos" in name else f"{100 * value:.2f}"
+
+
+def to_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of every run: identity, metrics (percent; cosines raw), costs."""
+    table = rows(records)
+    metrics = metric_names(records)
+    head = [*IDENTITY, *(METRIC_LABELS.get(m, m) for m in metrics), *(label for _, label, _ in COSTS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    for row in table:
+        cells = [str(row[key]) for key in IDENTITY] + [_metric_cell(m, row.get(m)) for m in metrics]
+        cells += ["-" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in COSTS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,91 @@
+"""Evaluation tasks: what evaluating one item means, chosen by the dataset config's ``task`` key.
+
+The runner owns everything around the items (resume, sharding, gathering, FLOPs, results); a task owns
+the items themselves. ``task: image`` (SAM, HQ-SAM, SAM 2 on image sets) is :class:`~.image_task.ImageTask`.
+Another task (e.g. video object segmentation) is a :class:`Task` subclass registered in :data:`TASKS`, or
+named in the dataset config as ``task: package.module:ClassName``.
+
+Lifecycle of one job, as the runner drives it::
+
+    task = TaskClass(setup)          # loads the dataset listing (bad paths fail here, before any model)
+    len(task)                        # the number of items
+    task.bind(model, family)         # the built model, unpatched
+    task.prepare(todo)               # with the model unpatched: e.g. the reference outputs for fidelity
+    # ... the runner patches the model ...
+    for record in task.evaluate(todo): ...   # one JSON-able dict per item, with its "index"
+    task.summarise(records)          # all ranks' records, in index order -> the run's numbers
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import torch
+from torch import nn
+
+from .distributed import World
+from .run_spec import RunSpec
+
+TASKS: dict[str, str] = {"image": "tomeplug_eval.image_task:ImageTask"}
+
+
+@attrs.frozen
+class TaskSetup:
+    """What a task is given: the job's config, its resolved identity, where it runs and writes."""
+
+    cfg: Any
+    spec: RunSpec
+    device: torch.device
+    world: World
+    output_dir: Path
+
+
+class Task:
+    """Base class of evaluation tasks (see the module docstring for the lifecycle)."""
+
+    name: ClassVar[str] = ""
+    plot_metrics: ClassVar[tuple[str, ...]] = ()
+    """The accuracy metric and the fidelity metric to plot against GFLOPs and latency."""
+
+    def __init__(self, setup: TaskSetup) -> None:
+        self.setup = setup
+        self.model: nn.Module | None = None
+        self.family = ""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def bind(self, model: nn.Module, family: str) -> None:
+        """Take the built (unpatched) model and its family (``sam``, ``hq_sam``, ``sam2``)."""
+        self.model, self.family = model, family
+
+    def prepare(self, indices: list[int]) -> None:
+        """Work that needs the unpatched model before the patched run (none by default)."""
+
+    def evaluate(self, indices: list[int]) -> Iterator[dict[str, Any]]:
+        """Evaluate the items at ``indices`` with the (patched) model: one record per item."""
+        raise NotImplementedError
+
+    def summarise(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The run's numbers from every item's record: ``metrics`` and any other top-level entries."""
+        raise NotImplementedError
+
+    def flops_input(self) -> tuple[nn.Module, tuple[Any, ...]]:
+        """The encoder to count FLOPs of, and one input to trace it with."""
+        raise NotImplementedError
+
+
+def task_class(name: str) -> type[Task]:
+    """The task class for a dataset's ``task``: a key of :data:`TASKS` or ``module:ClassName``."""
+    target = TASKS.get(name, name)
+    if ":" not in target:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (or module:ClassName)")
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TypeError(f"task {name!r} resolves to {cls!r}, not a tomeplug_eval.tasks.Task subclass")
+    return cls
