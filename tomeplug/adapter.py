@@ -45,8 +45,8 @@ class Adapter:
 
 
 def class_path(obj: object) -> str:
-    """``module.QualName`` of an object's class, for matching models by name."""
-    cls = type(obj)
+    """``module.QualName`` of an object's class (the original class of a patched module), for matching by name."""
+    cls = getattr(type(obj), "_tomeplug_base", type(obj))
     return f"{cls.__module__}.{cls.__qualname__}"
 
 

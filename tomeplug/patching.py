@@ -85,6 +85,11 @@ def patch(
         if not any(is_swapped(m) for m in blocks[index].modules()):
             unpatch(model)
             raise RuntimeError(f"adapter {adapter.name!r} patched nothing in block {index}")
+    try:
+        adapter.patch_model(model, schedule)
+    except BaseException:
+        unpatch(model)
+        raise
     handle = PatchHandle(model, adapter.name, schedule)
     setattr(model, HANDLE_ATTR, handle)
     return handle

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 
-@attrs.frozen(eq=False)
+@attrs.frozen(eq=False, init=False)
 class MergePlan:
     """How the N tokens of each group in a batch of token groups are merged into M tokens.
 
@@ -23,6 +23,11 @@ class MergePlan:
     assignment: Tensor
     kept: Tensor
     size: Tensor
+
+    def __init__(self, assignment: Tensor, kept: Tensor, size: Tensor) -> None:
+        # attrs' generated frozen __init__ binds object.__setattr__ in a way torch.compile cannot trace
+        for name, value in (("assignment", assignment), ("kept", kept), ("size", size)):
+            object.__setattr__(self, name, value)
 
     @classmethod
     def identity(cls, batch: int, n: int, device: torch.device | str | None = None) -> MergePlan:

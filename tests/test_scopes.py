@@ -1,0 +1,240 @@
+"""Merge scopes on SAM ViT and HQ-SAM ViT: ``block`` (attention and MLP merged) and ``span`` (runs of blocks)."""
+
+from __future__ import annotations
+
+import pickle
+from functools import partial
+
+import attrs
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import _randomise, tiny_sam_encoder
+from torch import nn
+
+import tomeplug
+from tomeplug.adapter import Adapter
+from tomeplug.config import StrategyConfig
+from tomeplug.plan import MergePlan
+
+PACKAGES = ["segment_anything", "segment_anything_hq"]
+SCOPES = ["block", "span"]
+WINDOWED, GLOBAL = [0, 1, 3, 4], [2, 5]  # blocks of deep_encoder()
+
+
+def deep_encoder(package: str = "segment_anything", img_size: int = 256, seed: int = 0) -> nn.Module:
+    """tiny_sam_encoder's dimensions at depth 6, global blocks 2 and 5: two runs of two windowed blocks."""
+    modeling = __import__(f"{package}.modeling", fromlist=["ImageEncoderViT"])
+    encoder = modeling.ImageEncoderViT(
+        img_size=img_size, patch_size=16, embed_dim=64, depth=6, num_heads=4, out_chans=32,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=5, global_attn_indexes=[2, 5],
+    )  # fmt: skip
+    return _randomise(encoder, seed)
+
+
+@attrs.frozen(kw_only=True)
+class IdentityConfig(StrategyConfig):
+    """A strategy that merges nothing whatever r is: the merging path must then reproduce upstream."""
+
+    name = "identity"
+    max_r = 0.9
+
+    def plan(self, metric, grid, valid=None):
+        return MergePlan.identity(metric.shape[0], metric.shape[1], metric.device)
+
+
+def encode(encoder, x):
+    with torch.no_grad():
+        out = encoder(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def cosine(a, b):
+    return F.cosine_similarity(a.flatten(1), b.flatten(1)).min().item()
+
+
+@pytest.fixture
+def image():
+    return torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("scope", SCOPES)
+def test_r0_is_bit_exact(package, scope, strategy_name, image):
+    encoder = deep_encoder(package)
+    reference = encode(encoder, image)
+    tomeplug.patch(encoder, strategy_name, r=0.0, scope=scope)
+    assert torch.equal(encode(encoder, image), reference)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("prop_attn", [False, True])
+def test_identity_plan_reproduces_upstream(package, scope, prop_attn, image):
+    """The merged path itself (windows, padding, delta unmerge, spans, neck) is upstream's when nothing merges."""
+    encoder = deep_encoder(package)
+    reference = encode(encoder, image)
+    tomeplug.patch(encoder, IdentityConfig(r=0.5, scope=scope, prop_attn=prop_attn))
+    torch.testing.assert_close(encode(encoder, image), reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("scope", SCOPES)
+def test_unpatch_is_bit_exact(package, scope, image):
+    encoder = deep_encoder(package)
+    reference = encode(encoder, image)
+    classes = [type(m) for m in encoder.modules()]
+    attributes = [sorted(m.__dict__) for m in encoder.modules()]
+    handle = tomeplug.patch(encoder, "tome", r=0.5, scope=scope)
+    assert not torch.allclose(encode(encoder, image), reference)
+    handle.remove()
+    assert [type(m) for m in encoder.modules()] == classes
+    assert [sorted(m.__dict__) for m in encoder.modules()] == attributes
+    assert torch.equal(encode(encoder, image), reference)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_merging_changes_output_and_stays_finite(scope, strategy_name, image):
+    encoder = deep_encoder()
+    reference = encode(encoder, image)
+    tomeplug.patch(encoder, strategy_name, r=0.25, scope=scope)
+    out = encode(encoder, image)
+    assert torch.isfinite(out).all() and not torch.allclose(out, reference)
+
+
+def test_block_scope_mlp_sees_merged_tokens(image):
+    encoder = deep_encoder()
+    r, seen = 0.4, {}
+    for index, block in enumerate(encoder.blocks):
+        block.mlp.register_forward_hook(lambda m, args, out, i=index: seen.__setitem__(i, tuple(args[0].shape)))
+    tomeplug.patch(encoder, "tome", r=r, scope="block")
+    encode(encoder, image)
+    for index in WINDOWED:  # 16 windows of 5 x 5 (the 16 x 16 grid padded to 20 x 20) per image
+        assert seen[index] == (2 * 16, 25 - int(25 * r), 64), index
+    for index in GLOBAL:
+        assert seen[index] == (2, 256 - int(256 * r), 64), index
+
+
+def count_plans(monkeypatch, config_class):
+    """Record the metric shape of every plan() call of ``config_class``."""
+    calls = []
+    original = config_class.plan
+
+    def plan(self, metric, grid, valid=None):
+        calls.append(tuple(metric.shape))
+        return original(self, metric, grid, valid)
+
+    monkeypatch.setattr(config_class, "plan", plan)
+    return calls
+
+
+@pytest.mark.parametrize("scope, plans", [("attn", 6), ("block", 6), ("span", 4)])
+def test_one_plan_per_attention_call_or_span(monkeypatch, registry, scope, plans, image):
+    calls = count_plans(monkeypatch, registry.strategy("tome"))
+    encoder = deep_encoder()
+    tomeplug.patch(encoder, "tome", r=0.3, scope=scope)
+    encode(encoder, image)
+    assert len(calls) == plans  # span: runs (0, 1), (2,), (3, 4), (5,)
+    assert calls[0] == (2 * 16, 25, 16)  # all windows of the batch in one call; metric = heads' mean
+
+
+def test_span_unmerges_before_global_blocks_and_the_neck(image):
+    encoder = deep_encoder()
+    tomeplug.patch(encoder, "tome", layers=WINDOWED, r=0.5, scope="span")
+    assert encoder.tomeplug_runs == ((0, 1), (2,), (3, 4), (5,))
+    inputs, outputs = {}, {}
+
+    def record(module, args, out, index):
+        inputs[index], outputs[index] = args[0], out
+
+    for index in GLOBAL:
+        encoder.blocks[index].register_forward_hook(partial(record, index=index))
+    encoder.neck.register_forward_pre_hook(lambda m, args: inputs.update(neck=args[0]))
+    encode(encoder, image)
+    for index in GLOBAL:  # the whole unmerged grid goes through the unpatched global block
+        assert inputs[index].shape == (2, 16, 16, 64)
+        assert type(encoder.blocks[index]).__name__ == "Block"
+    assert inputs["neck"].shape == (2, 64, 16, 16)
+    assert torch.equal(outputs[5].permute(0, 3, 1, 2), inputs["neck"])
+
+
+@pytest.mark.parametrize("layers", [[0, 1], [2]])
+def test_span_of_one_block_is_block_scope(layers, image):
+    """A span-scoped block alone in its run (next to another scope, or a global block) is block-scoped."""
+    encoder = deep_encoder()
+    block = {"strategy": "tome", "r": 0.4, "scope": "block"}
+    tomeplug.patch(encoder, layers=dict.fromkeys(layers, block))
+    expected = encode(encoder, image)
+    tomeplug.patch(encoder, layers={**dict.fromkeys(layers[:-1], block), layers[-1]: block | {"scope": "span"}})
+    assert all(len(run) == 1 for run in encoder.tomeplug_runs)
+    assert torch.equal(encode(encoder, image), expected)
+
+
+def test_mixed_scopes_on_consecutive_windowed_blocks(monkeypatch, registry, image):
+    calls = count_plans(monkeypatch, registry.strategy("tome"))
+    encoder = deep_encoder()
+    span = {"strategy": "tome", "scope": "span", "r": 0.4}
+    layers = {0: span, 1: span | {"r": 0.2}, 2: span, 3: {"strategy": "tome", "scope": "attn"}, 4: span}
+    reference = encode(encoder, image)
+    tomeplug.patch(encoder, layers=layers)
+    assert encoder.tomeplug_runs == ((0,), (1,), (2,), (3,), (4,), (5,))  # configs differ: no shared run
+    assert type(encoder.blocks[3]).__name__ == "Block" and type(encoder.blocks[3].attn).__name__ != "Attention"
+    out = encode(encoder, image)
+    assert len(calls) == 5 and torch.isfinite(out).all() and not torch.equal(out, reference)
+    calls.clear()
+    tomeplug.patch(encoder, layers={0: span, 1: span, 3: span, 4: span | {"scope": "block"}})
+    assert encoder.tomeplug_runs == ((0, 1), (2,), (3,), (4,), (5,))
+    encode(encoder, image)
+    assert len(calls) == 3
+
+
+def test_fidelity_decreases_with_scope(image):
+    encoder = deep_encoder()
+    reference = encode(encoder, image)
+    fidelity = {}
+    for scope in ("attn", "block", "span"):
+        tomeplug.patch(encoder, "tome", r=0.5, scope=scope)
+        fidelity[scope] = cosine(encode(encoder, image), reference)
+    assert all(value > 0.95 for value in fidelity.values()), fidelity  # seeds 0-2: 0.9998 / 0.993 / 0.993
+    assert fidelity["attn"] >= fidelity["block"] - 1e-3 >= fidelity["span"] - 2e-3, fidelity  # roughly ordered
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_hq_sam_intermediate_embeddings(scope, image):
+    encoder = deep_encoder("segment_anything_hq")
+    with torch.no_grad():
+        _, dense = encoder(image)
+        tomeplug.patch(encoder, "tome", r=0.5, scope=scope)
+        out, interm = encoder(image)
+    assert out.shape == (2, 32, 16, 16)
+    assert [t.shape for t in interm] == [t.shape for t in dense] == [(2, 16, 16, 64)] * 2
+
+
+def test_patched_sam_and_pickle(image):
+    sam_encoder = tiny_sam_encoder()  # depth 4: windowed blocks never adjacent, the encoder is swapped all the same
+    tomeplug.patch(sam_encoder, "tome", r=0.5, scope="span")
+    assert sam_encoder.tomeplug_runs == ((0,), (1,), (2,), (3,))
+    encoder = deep_encoder()
+    tomeplug.patch(encoder, "tome", r=0.5, scope="span")
+    expected = encode(encoder, image)
+    clone = pickle.loads(pickle.dumps(encoder))
+    assert torch.equal(encode(clone, image), expected)
+    assert tomeplug.unpatch(clone) and type(clone).__name__ == "ImageEncoderViT"
+
+
+def test_patch_model_hook_default_and_failure(image):
+    from tomeplug_adapters.sam_vit import SamViTAdapter
+
+    assert Adapter.patch_model(Adapter(), nn.Module(), {}) is None  # optional: a no-op by default
+
+    class Failing(SamViTAdapter):
+        name = "failing"
+
+        def patch_model(self, model, schedule):
+            raise RuntimeError("boom")
+
+    encoder = deep_encoder()
+    classes = [type(m) for m in encoder.modules()]
+    with pytest.raises(RuntimeError, match="boom"):
+        tomeplug.patch(encoder, "tome", scope="span", adapter=Failing())
+    assert [type(m) for m in encoder.modules()] == classes and tomeplug.active_patch(encoder) is None
