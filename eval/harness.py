@@ -16,13 +16,14 @@ import hydra
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from tomeplug.torchvision_compat import ensure_torchvision
-from tomeplug_eval.runner import run
-
 
 @hydra.main(config_path="conf", config_name="harness", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Run one job (hydra calls this once per job of a multirun)."""
+    from tomeplug.torchvision_compat import ensure_torchvision  # imported here: --help stays quick
+    from tomeplug_eval.runner import run
+
+    ensure_torchvision()
     record = run(cfg)
     if record is not None:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items())
@@ -35,7 +36,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    ensure_torchvision()
     if GlobalHydra.instance().is_initialized():  # `import sam2` (by a plugin) initialises hydra; the app owns it
         GlobalHydra.instance().clear()
     main()

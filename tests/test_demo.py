@@ -9,7 +9,7 @@ from tomeplug_eval.latency import compare, measure_latency
 def test_demo_runs_the_harness_and_prints_the_table(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD", raising=False)  # the harness loads the installed plugins
     argv = ["--model", "sam_tiny", "--depth", "4", "--datasets", "synthetic", "--limit", "1", "--strategies", "tome"]
-    table = demo.main([*argv, "--output-dir", str(tmp_path), "threads=1", "progress=false"])
+    table = demo.main([*argv, "--output-dir", str(tmp_path), "threads=1", "progress=false", "flops=false"])
     out = capsys.readouterr().out
     assert table in out and "Full results" in out
     rows = [line for line in table.splitlines() if line.startswith("| sam_tiny ")]

@@ -77,35 +77,12 @@ def tiny_sam2(
     ``"sam2.sam2_video_predictor.SAM2VideoPredictor"``. Set a ``SAM2ImagePredictor``'s ``_bb_feat_sizes``
     to :func:`sam2_feat_sizes` (it assumes 1024-pixel inputs).
     """
-    import importlib.resources
+    from tomeplug_eval.model_builders import instantiate_sam2, tiny_sam2_config
 
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(importlib.resources.files("sam2") / "configs" / config).model
+    cfg = tiny_sam2_config(config, image_size)
     if target is not None:
         cfg._target_ = target
-    feat, mem = [image_size // 16] * 2, 16
-    cfg.image_size = image_size
-    cfg.compile_image_encoder = False
-    trunk = cfg.image_encoder.trunk
-    trunk.update(embed_dim=16, num_heads=2, stages=[1, 2, 3, 2], global_att_blocks=[5], window_spec=[8, 4, 6, 3])
-    trunk.window_pos_embed_bkg_spatial_size = [4, 4]
-    neck = cfg.image_encoder.neck
-    neck.update(d_model=32, backbone_channel_list=[128, 64, 32, 16])
-    neck.position_encoding.num_pos_feats = 32
-    attention = cfg.memory_attention
-    attention.update(d_model=32, num_layers=1)
-    attention.layer.update(d_model=32, dim_feedforward=64)
-    attention.layer.self_attention.update(embedding_dim=32, feat_sizes=feat, num_heads=1)
-    attention.layer.cross_attention.update(embedding_dim=32, feat_sizes=feat, num_heads=1, kv_in_dim=mem)
-    encoder = cfg.memory_encoder
-    encoder.update(out_dim=mem, in_dim=32)
-    encoder.position_encoding.num_pos_feats = mem
-    encoder.mask_downsampler.embed_dim = 32
-    encoder.fuser.layer.dim = 32
-    model = instantiate(cfg, _recursive_=True)
-    return _randomise(model, seed)
+    return _randomise(instantiate_sam2(cfg), seed)
 
 
 def sam2_feat_sizes(image_size: int = 128) -> list[tuple[int, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import time
 import warnings
 from pathlib import Path
@@ -129,6 +130,7 @@ def run(cfg: Any) -> dict[str, Any] | None:
         "versions": versions(),
         "config": plain(cfg),
     }
+    record = json.loads(json.dumps(record))  # as stored: JSON keys and types
     with locked(output_dir):
         write_reports(results.add(record), output_dir)
     return record

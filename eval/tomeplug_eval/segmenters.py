@@ -64,7 +64,7 @@ class SamSegmenter(Segmenter):
 
     def preprocess(self, images: list[np.ndarray]) -> Tensor:
         device = self.model.device
-        tensors = [torch.as_tensor(image, device=device).permute(2, 0, 1)[None].float() for image in images]
+        tensors = [torch.tensor(image, device=device).permute(2, 0, 1)[None].float() for image in images]
         return torch.cat([self.model.preprocess(t) for t in tensors])  # normalised, padded to S x S
 
     def encode(self, batch: Tensor) -> Any:
