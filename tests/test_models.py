@@ -91,3 +91,9 @@ def test_building_sam2_leaves_hydra_state_alone():
             assert compose("harness", overrides=["model=sam2_tiny"]).model.name == "sam2_tiny"
     finally:
         Singleton.set_state(state)
+
+
+def test_sam2_builders_take_a_model_class_and_fields():
+    with pytest.warns(sam_models.RandomWeightsWarning):
+        video = build_model("sam2_tiny", target="sam2.sam2_video_predictor.SAM2VideoPredictor", fill_hole_area=8)
+    assert type(video).__name__ == "SAM2VideoPredictor" and video.fill_hole_area == 8

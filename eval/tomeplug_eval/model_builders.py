@@ -79,9 +79,19 @@ def instantiate_sam2(cfg: Any) -> nn.Module:
     return instantiate(cfg, _recursive_=True)
 
 
-def sam2_model(config: str) -> nn.Module:
-    """A random-initialised SAM 2 / 2.1 model from its official yaml, with image post-processing on."""
-    return instantiate_sam2(sam2_config(config))
+def _override(cfg: Any, target: str | None, fields: dict[str, Any]) -> Any:
+    if target is not None:
+        cfg._target_ = target  # e.g. "sam2.sam2_video_predictor.SAM2VideoPredictor"
+    cfg.update(fields)
+    return cfg
+
+
+def sam2_model(config: str, target: str | None = None, **fields: Any) -> nn.Module:
+    """A random-initialised SAM 2 / 2.1 model from its official yaml, with image post-processing on.
+
+    ``target`` replaces the model class (the video predictor); ``fields`` set more of the model's options.
+    """
+    return instantiate_sam2(_override(sam2_config(config), target, fields))
 
 
 def tiny_sam2_config(config: str = "sam2.1/sam2.1_hiera_t.yaml", image_size: int = 128) -> Any:
@@ -113,8 +123,8 @@ def tiny_sam2_config(config: str = "sam2.1/sam2.1_hiera_t.yaml", image_size: int
     return cfg
 
 
-def tiny_sam2(image_size: int = 128) -> nn.Module:
+def tiny_sam2(image_size: int = 128, target: str | None = None, **fields: Any) -> nn.Module:
     """A small official SAM 2.1 model (see :func:`tiny_sam2_config`), image post-processing on."""
     cfg = tiny_sam2_config(image_size=image_size)
     cfg.sam_mask_decoder_extra_args = dict(SAM2_POSTPROCESSING)
-    return instantiate_sam2(cfg)
+    return instantiate_sam2(_override(cfg, target, fields))

@@ -51,7 +51,9 @@ def plot(records: Sequence[dict[str, Any]], path: Path) -> bool:
             ax.set_xlabel(x_label)
             ax.set_ylabel(f"{METRIC_LABELS.get(y, y)} (%)")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    labelled = next((ax for row in axes for ax in row if ax.get_legend_handles_labels()[0]), None)
+    if labelled is not None:
+        labelled.legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

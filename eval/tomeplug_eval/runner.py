@@ -46,11 +46,11 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _build(spec: RunSpec, cfg: Any, device: torch.device) -> torch.nn.Module:
+def _build(spec: RunSpec, cfg: Any, device: torch.device, options: dict[str, Any]) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)  # said once, loudly, by the runner
-        return build_model(spec.model, spec.checkpoint).to(device)
+        return build_model(spec.model, spec.checkpoint, **options).to(device)
 
 
 def _say(world: distributed.World, message: str) -> None:
@@ -87,8 +87,9 @@ def run(cfg: Any) -> dict[str, Any] | None:
             else "no official file"
         )
         _say(world, f"[tomeplug] !!! {spec.model}: RANDOM WEIGHTS ({why}); FLOPs and timings real, masks meaningless")
-    model = _build(spec, cfg, device)
-    task.bind(model, model_spec(spec.model).family)
+    family = model_spec(spec.model).family
+    model = _build(spec, cfg, device, task.model_options(family))
+    task.bind(model, family)
     cache = ItemCache(output_dir, spec.run_key, world.rank)
     mine = distributed.shard(range(count), world)
     done = {i: r for i, r in cache.load().items() if i in set(mine)} if cfg.resume else {}

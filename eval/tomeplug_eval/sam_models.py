@@ -47,7 +47,7 @@ class ModelSpec:
     """One buildable model.
 
     Args:
-        build: returns the random-initialised model.
+        build: returns the random-initialised model (SAM 2 builders take options: see :func:`build_model`).
         family: ``"sam"``, ``"hq_sam"`` or ``"sam2"``: how images are encoded and prompts decoded.
         checkpoint: the official checkpoint's file name, or None where there is none.
         url: where to download it from.
@@ -55,7 +55,7 @@ class ModelSpec:
         source: where the architecture comes from (a registry entry or a yaml), for records and checks.
     """
 
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]
     family: str = "sam"
     checkpoint: str | None = None
     url: str | None = None
@@ -182,15 +182,17 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def build_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
+def build_model(name: str, checkpoint: str | Path | None = None, **options: Any) -> nn.Module:
     """Build model ``name`` (a key of :data:`MODELS`) in eval mode.
 
     Args:
         name: a key of :data:`MODELS` or an alias (``vit_l``, ``tiny``).
         checkpoint: a checkpoint path, loaded strictly; None gives random weights, with a
             :class:`RandomWeightsWarning`.
+        options: builder options; SAM 2 models take ``target`` (another model class, e.g.
+            ``"sam2.sam2_video_predictor.SAM2VideoPredictor"``) and model fields such as ``fill_hole_area=8``.
     """
-    model = _spec(name).build()
+    model = _spec(name).build(**options)
     if checkpoint is None:
         warnings.warn(
             f"model {name!r} has RANDOM WEIGHTS (no checkpoint given): FLOPs and timings are real, its outputs "

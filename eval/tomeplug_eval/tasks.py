@@ -9,6 +9,7 @@ Lifecycle of one job, as the runner drives it::
 
     task = TaskClass(setup)          # loads the dataset listing (bad paths fail here, before any model)
     len(task)                        # the number of items
+    task.model_options(family)       # how to build the model (build_model options)
     task.bind(model, family)         # the built model, unpatched
     task.prepare(todo)               # with the model unpatched: e.g. the reference outputs for fidelity
     # ... the runner patches the model ...
@@ -58,6 +59,10 @@ class Task:
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+    def model_options(self, family: str) -> dict[str, Any]:
+        """Options for :func:`~.sam_models.build_model` (e.g. a video predictor ``target`` for SAM 2)."""
+        return {}
 
     def bind(self, model: nn.Module, family: str) -> None:
         """Take the built (unpatched) model and its family (``sam``, ``hq_sam``, ``sam2``)."""
