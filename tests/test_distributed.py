@@ -41,5 +41,5 @@ def test_two_processes_give_the_numbers_of_one(tmp_path):
     assert record["run_key"] == single["run_key"]
     assert record["metrics"] == single["metrics"]  # exactly, not approximately
     assert (record["images"], record["objects"]) == (single["images"], single["objects"])
-    shards = [[r["index"] for r in read_jsonl(ItemCache(two, record["run_key"], rank).path)] for rank in (0, 1)]
+    shards = [[r["index"] for r in read_jsonl(ItemCache(two, record["items_key"], rank).path)] for rank in (0, 1)]
     assert shards == [[0, 2], [1]]  # rank r took items r, r + 2, ...: none twice, none missed

@@ -87,8 +87,8 @@ def test_finished_run_is_skipped(tmp_path):
 
 def test_interrupted_run_completes_only_missing_items(tmp_path, monkeypatch):
     full = run(tmp_path / "full", "strategy=tome", "flops=false")
-    cached = ItemCache(tmp_path / "full", full["run_key"]).load()
-    partial = ItemCache(tmp_path / "part", full["run_key"])
+    cached = ItemCache(tmp_path / "full", full["items_key"]).load()
+    partial = ItemCache(tmp_path / "part", full["items_key"])
     partial.append(cached[0])
     partial.append(cached[2])
     with open(partial.path, "a") as f:
@@ -99,7 +99,9 @@ def test_interrupted_run_completes_only_missing_items(tmp_path, monkeypatch):
     resumed = run(tmp_path / "part", "strategy=tome", "flops=false")
     assert seen == [[1]] and resumed["run_key"] == full["run_key"]
     assert resumed["metrics"] == full["metrics"] and resumed["images"] == 3
-    assert sorted(ItemCache(tmp_path / "part", full["run_key"]).load()) == [0, 1, 2]
+    assert sorted(ItemCache(tmp_path / "part", full["items_key"]).load()) == [0, 1, 2]
+    grown = run(tmp_path / "part", "strategy=tome", "flops=false", "limit=4")  # a larger limit: a new run
+    assert seen == [[1], [3]] and grown["images"] == 4 and grown["run_key"] != full["run_key"]
 
 
 def test_mix_and_match_schedule_and_other_model_families(tmp_path):

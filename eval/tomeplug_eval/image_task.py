@@ -26,6 +26,7 @@ from .memory import PeakMemory
 from .metrics import MeanAccumulator, boundary_iou, embedding_cosine, mask_iou
 from .prompts import box_from_mask, resize_item
 from .reference import Reference, ReferenceCache
+from .sam_models import model_spec
 from .segmenters import Segmenter, make_segmenter
 from .tasks import Task, TaskSetup
 
@@ -53,6 +54,8 @@ class ImageTask(Task):
         self.dataset = load_dataset(cfg.dataset.name, cfg.data_root, **options)
         self.references = ReferenceCache(setup.output_dir, setup.spec.reference_key)
         self.segmenter: Segmenter | None = None
+        if cfg.keep_aspect and model_spec(setup.spec.model).family == "sam2":
+            raise ValueError("keep_aspect=true is SAM's resize; SAM 2 always takes a square (stretched) input")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -60,8 +63,6 @@ class ImageTask(Task):
     def bind(self, model: torch.nn.Module, family: str) -> None:
         super().bind(model, family)
         self.segmenter = make_segmenter(model, family, hq_token_only=self.setup.cfg.model.get("hq_token_only", True))
-        if self.setup.cfg.keep_aspect and family == "sam2":
-            raise ValueError("keep_aspect=true is SAM's resize; SAM 2 always takes a square (stretched) input")
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = getattr(torch, str(self.setup.cfg.dtype))

@@ -5,7 +5,7 @@ Layout under ``output_dir``::
     results.jsonl              one JSON line per run (model, strategy, schedule, dataset), keyed by run_key
     results.csv, results.md    tables across every run in results.jsonl, regenerated after each run
     results.png                accuracy and fidelity against GFLOPs and latency
-    cache/items/<run_key>/     per-item results, one rank<r>.jsonl per writer (resume skips these items)
+    cache/items/<key>/         per-item results, one rank<r>.jsonl per writer (resume skips these items)
     cache/reference/<key>/     the unpatched model's masks and embeddings per item (fidelity)
     cache/flops/<key>.json     encoder FLOPs per model, schedule and input size
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,14 +97,14 @@ class ResultsFile:
 
 
 class ItemCache:
-    """Per-item results of one run, for resume: ``cache/items/<run_key>/rank<r>.jsonl``.
+    """Per-item results of one run, for resume: ``cache/items/<items key>/rank<r>.jsonl``.
 
     Every rank appends only to its own file and reads all of them, so a run resumed with another number of
     processes still skips every finished item.
     """
 
-    def __init__(self, output_dir: str | Path, run_key: str, rank: int = 0) -> None:
-        self.dir = Path(output_dir) / "cache" / "items" / run_key
+    def __init__(self, output_dir: str | Path, key: str, rank: int = 0) -> None:
+        self.dir = Path(output_dir) / "cache" / "items" / key
         self.path = self.dir / f"rank{rank}.jsonl"
 
     def load(self) -> dict[int, dict[str, Any]]:
@@ -113,6 +114,10 @@ class ItemCache:
             for record in read_jsonl(path):
                 done[int(record["index"])] = record
         return done
+
+    def clear(self) -> None:
+        """Forget every finished item of this run (``resume=false``)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one item's record durably (one line, flushed and synced)."""

@@ -3,9 +3,10 @@
 ``strategy.name`` is ``none`` (the unmerged baseline), ``mix`` (``layers`` is a ``{block: strategy}``
 mapping) or a registered strategy; the strategy node's other non-null keys are that strategy's parameters,
 ``r`` (when not null) applies to every merged block. The run key hashes everything that changes the
-numbers (model, weights, strategy, schedule, data, protocol, precision, device type, batch size), so a
-finished run is recognised and an interrupted one resumes; the reference key drops the strategy and the
-schedule: every strategy of a sweep shares the unmerged model's reference outputs.
+numbers (model, weights, strategy, schedule, data, protocol, precision, device type, batch size, limit),
+so a finished run is recognised. Per-item results are keyed without ``limit`` (a larger limit reuses the
+finished items) and the reference outputs also without the strategy and the schedule: every strategy of a
+sweep shares the unmerged model's outputs.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class RunSpec:
     params: dict[str, Any]
     layers: Any
     reference_key: str
+    items_key: str
     run_key: str
 
     @property
@@ -117,11 +119,11 @@ def resolve(cfg: Any, device_type: str) -> RunSpec:
         "weights": weights_identity(checkpoint, cfg.seed),
         "dataset": dataset,
         "data_root": data_root,
-        "limit": cfg.limit,
         "keep_aspect": cfg.keep_aspect,
         "dtype": cfg.dtype,
         "device": device_type,
         "batch_size": cfg.batch_size,
     }
-    run = {**shared, "strategy": strategy, "params": params, "layers": layers}
-    return RunSpec(model, checkpoint, strategy, params, layers, digest(shared), digest(run))
+    items = {**shared, "strategy": strategy, "params": params, "layers": layers}
+    run_key = digest({**items, "limit": cfg.limit})
+    return RunSpec(model, checkpoint, strategy, params, layers, digest(shared), digest(items), run_key)

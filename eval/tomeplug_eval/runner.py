@@ -90,9 +90,13 @@ def run(cfg: Any) -> dict[str, Any] | None:
     family = model_spec(spec.model).family
     model = _build(spec, cfg, device, task.model_options(family))
     task.bind(model, family)
-    cache = ItemCache(output_dir, spec.run_key, world.rank)
+    cache = ItemCache(output_dir, spec.items_key, world.rank)
+    if not cfg.resume and world.is_main:
+        cache.clear()
+    distributed.barrier(world)
     mine = distributed.shard(range(count), world)
-    done = {i: r for i, r in cache.load().items() if i in set(mine)} if cfg.resume else {}
+    wanted = set(mine)
+    done = {i: r for i, r in cache.load().items() if i in wanted}
     todo = [i for i in mine if i not in done]
     _say(world, f"[tomeplug] {title}: {count} items, {world.size} process(es), {len(done)} cached on rank 0")
     task.prepare(todo)
@@ -112,6 +116,7 @@ def run(cfg: Any) -> dict[str, Any] | None:
         raise RuntimeError(f"gathered items do not cover 0..{count - 1} exactly once")
     record = {
         "run_key": spec.run_key,
+        "items_key": spec.items_key,
         "model": spec.model,
         "weights": spec.weights,
         "checkpoint": None if spec.checkpoint is None else str(spec.checkpoint),
