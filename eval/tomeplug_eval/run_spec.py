@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 import tomeplug
@@ -29,10 +30,6 @@ BASELINE, MIX = "none", "mix"
 
 def plain(value: Any) -> Any:
     """An OmegaConf node (or anything) as plain JSON-able Python: dicts, lists, scalars."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - the harness always has omegaconf
-        return value
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value

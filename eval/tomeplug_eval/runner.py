@@ -53,6 +53,13 @@ def _build(spec: RunSpec, cfg: Any, device: torch.device, options: dict[str, Any
         return build_model(spec.model, spec.checkpoint, **options).to(device)
 
 
+def _why_random(spec: RunSpec, cfg: Any) -> str:
+    if cfg.checkpoint != "auto":
+        return "checkpoint=random"
+    where = default_checkpoint(spec.model)
+    return f"no checkpoint at {where}" if where else "no official file"
+
+
 def _say(world: distributed.World, message: str) -> None:
     if world.is_main:
         print(message, flush=True)
@@ -78,14 +85,7 @@ def run(cfg: Any) -> dict[str, Any] | None:
     if count == 0:
         raise ValueError(f"dataset {cfg.dataset.name!r} has no items to evaluate")
     if spec.weights == "random":
-        where = default_checkpoint(spec.model)
-        why = (
-            "checkpoint=random"
-            if cfg.checkpoint != "auto"
-            else f"no checkpoint at {where}"
-            if where
-            else "no official file"
-        )
+        why = _why_random(spec, cfg)
         _say(world, f"[tomeplug] !!! {spec.model}: RANDOM WEIGHTS ({why}); FLOPs and timings real, masks meaningless")
     family = model_spec(spec.model).family
     model = _build(spec, cfg, device, task.model_options(family))
