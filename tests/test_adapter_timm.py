@@ -8,13 +8,13 @@ import pickle
 import attrs
 import pytest
 import torch
-from tomeplug_adapters.timm_samvit import merged_samvit_attention
-from tomeplug_adapters.timm_vit import TokenLayout, merged_vit_attention
 from torch import Tensor, nn
 
 import tomeplug
 from tomeplug.config import StrategyConfig
 from tomeplug.plan import MergePlan
+from tomeplug_adapters.timm_samvit import merged_samvit_attention
+from tomeplug_adapters.timm_vit import TokenLayout, merged_vit_attention
 
 PREFIX, GRID, WINDOW = 3, (8, 8), 3  # class + 2 register tokens; 64 px / patch 8; 8x8 grid padded to 3x3 windows
 

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+
 from tomeplug_eval.data import LAYOUTS, ImageItem, SyntheticDataset, list_datasets, load_dataset, smoke_dataset
 from tomeplug_eval.data import smoke as smoke_module
 from tomeplug_eval.data.synthetic import SHAPES

@@ -9,11 +9,11 @@ import types
 
 import attrs
 import pytest
-from tomeplug_strategies.tome import ToMeConfig
 
 import tomeplug
 from tomeplug.__main__ import format_listing
 from tomeplug.registry import PluginError, Registry
+from tomeplug_strategies.tome import ToMeConfig
 
 
 @attrs.frozen(kw_only=True)

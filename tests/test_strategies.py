@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_models import tiny_sam_encoder
+
+import tomeplug
 from tomeplug_strategies.cells import cell_destinations, num_cells
 from tomeplug_strategies.energy import pitome_energy
 from tomeplug_strategies.grad_tome import SOBEL_X, SOBEL_Y, GradToMeConfig, sobel_magnitude
 from tomeplug_strategies.pitome import PiToMeConfig, PiToMeV1Config, PiToMeV2Config
 from tomeplug_strategies.tomesd import ToMeSDConfig
-
-import tomeplug
 
 BUILTINS = {"tome", "grad_tome", "pitome", "pitome_v1", "pitome_v2", "tomesd"}
 
