@@ -31,7 +31,10 @@ from torch import nn
 from .distributed import World
 from .run_spec import RunSpec
 
-TASKS: dict[str, str] = {"image": "tomeplug_eval.image_task:ImageTask"}
+TASKS: dict[str, str] = {
+    "image": "tomeplug_eval.image_task:ImageTask",
+    "video": "tomeplug_eval.video_task:VideoTask",
+}
 
 
 @attrs.frozen

@@ -1,0 +1,148 @@
+"""Semi-supervised video object segmentation with SAM 2 (``task: video``): J, F, J&F, fidelity, cost per frame.
+
+Protocol per video (SAM 2's ``tools/vos_inference.py``): the model is built as ``SAM2VideoPredictor`` with
+image post-processing off; every object's first ground-truth mask is its prompt; masks are propagated to
+every frame (:func:`~.video.run_vos`) and written as PNGs in the DAVIS layout under
+``<output_dir>/predictions/<items key>/``. Metrics per object (:func:`~.video.video_record`): J (region IoU),
+F (boundary F-measure), J&F, and fidelity J against the unmerged model's masks. The unmerged model's
+predictions are computed once per (model, weights, data, protocol) with the model unpatched and kept as
+PNGs under ``<output_dir>/cache/reference/<reference key>/`` (the baseline run writes its own there), so
+every strategy of a sweep compares to them. Costs: image-encoder GFLOPs per frame (one frame at the
+model's ``image_size``) and the encoder's wall-clock per frame (total encoder seconds / encoder calls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .memory import PeakMemory
+from .sam_models import model_spec
+from .tasks import Task, TaskSetup
+from .video import load_video_dataset, read_predictions, run_vos, summarize_video_records, video_record
+
+DATASET_KEYS = ("name", "task")  # the dataset node's other keys are the loader's options
+VIDEO_PREDICTOR = "sam2.sam2_video_predictor.SAM2VideoPredictor"
+METRICS = ("J", "F", "J&F", "fidelity_J")
+
+
+class VideoTask(Task):
+    """``task: video``: DAVIS 2017, MOSE, SA-V and ``synthetic_video`` with a SAM 2 video predictor."""
+
+    name = "video"
+    plot_metrics = ("J&F", "fidelity_J")
+
+    def __init__(self, setup: TaskSetup) -> None:
+        super().__init__(setup)
+        cfg, spec = setup.cfg, setup.spec
+        if model_spec(spec.model).family != "sam2":
+            raise ValueError(
+                f"video datasets need a SAM 2 model; got {spec.model} (dataset {cfg.dataset.name!r}: use e.g. "
+                f"model=sam2.1_hiera_l, or model=sam2_tiny for a smoke run)"
+            )
+        options = {k: v for k, v in dict(cfg.dataset).items() if k not in DATASET_KEYS}
+        self.dataset = load_video_dataset(str(cfg.dataset.name), cfg.data_root, **options)
+        self.reference_dir = Path(setup.output_dir) / "cache" / "reference" / spec.reference_key
+        self.prediction_dir = Path(setup.output_dir) / "predictions" / spec.items_key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def model_options(self, family: str) -> dict[str, Any]:
+        # as vos_inference's build_sam2_video_predictor(apply_postprocessing=False): no image post-processing
+        return {"target": VIDEO_PREDICTOR, "sam_mask_decoder_extra_args": None}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = getattr(torch, str(self.setup.cfg.dtype))
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.setup.device.type, dtype=dtype)
+
+    def _progress(self, total: int, what: str) -> tqdm:
+        spec, show = self.setup.spec, self.setup.cfg.progress and self.setup.world.is_main
+        desc = f"{what} {spec.model} {spec.strategy} {self.dataset.name}"
+        return tqdm(total=total, desc=desc, unit="video", disable=not show, dynamic_ncols=True)
+
+    def _has_reference(self, index: int) -> bool:
+        return (self.reference_dir / self.dataset[index].name).is_dir()
+
+    def _save_reference(self, index: int, source: Path | None = None) -> None:
+        """The unmerged predictions of item ``index``, moved into the reference cache in one rename."""
+        name = self.dataset[index].name
+        self.reference_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".ref-", dir=self.reference_dir))
+        try:
+            if source is None:
+                with self._autocast():
+                    run_vos(self.model, self.dataset[index], output_dir=scratch)
+            else:
+                shutil.copytree(source / name, scratch / name)
+            os.replace(scratch / name, self.reference_dir / name)  # the folder exists only complete
+        except OSError:
+            if not self._has_reference(index):
+                raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def prepare(self, indices: list[int]) -> None:
+        """Predict with the unmerged model the videos whose reference PNGs are missing (not for the baseline)."""
+        missing = [] if self.setup.spec.baseline else [i for i in indices if not self._has_reference(i)]
+        with self._progress(len(missing), "reference") as bar:
+            for index in missing:
+                self._save_reference(index)
+                bar.update(1)
+
+    def _warmup(self) -> None:
+        encoder, frame = self.flops_input()
+        with torch.inference_mode(), self._autocast():
+            for _ in range(int(self.setup.cfg.warmup)):
+                encoder(*frame)
+
+    def evaluate(self, indices: list[int]) -> Iterator[dict[str, Any]]:
+        baseline = self.setup.spec.baseline
+        if indices:
+            self._warmup()
+        with self._progress(len(indices), "eval") as bar:
+            for index in indices:
+                item = self.dataset[index]
+                with PeakMemory(self.setup.device) as meter, self._autocast():
+                    result = run_vos(self.model, item, output_dir=self.prediction_dir)
+                if baseline and not self._has_reference(index):
+                    self._save_reference(index, source=self.prediction_dir)
+                reference = result.masks if baseline else read_predictions(self.reference_dir, item)
+                record = video_record(item, result, index=index, reference=reference)
+                record["peak_mem_mb"] = meter.peak_mb
+                yield record
+                bar.update(1)
+
+    def summarise(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        summary = summarize_video_records(records)
+        nan = float("nan")
+        return {
+            "metrics": {m: nan if summary[m] is None else summary[m] for m in METRICS},
+            "videos": summary["videos"],
+            "frames": summary["frames"],
+            "objects": summary["objects"],
+            "unscored_objects": summary["unscored_objects"],
+            "latency": {
+                "encoder_s": summary["encoder_s_per_frame"],
+                "per": "frame",
+                "samples": sum(r["encoder_calls"] for r in records),
+                "seconds_per_frame": summary["seconds_per_frame"],
+            },
+            "peak_mem_mb": max((r["peak_mem_mb"] for r in records if r.get("peak_mem_mb") is not None), default=None),
+        }
+
+    def flops_input(self) -> tuple[torch.nn.Module, tuple[Any, ...]]:
+        model = self.model
+        size = int(model.image_size)
+        device = next(model.parameters()).device
+        return model.image_encoder, (torch.zeros(1, 3, size, size, device=device),)
