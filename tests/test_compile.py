@@ -42,8 +42,6 @@ def test_fullgraph_compile_matches_eager(package, scope):
 
 def test_every_strategy_compiles_without_graph_breaks(strategy_name):
     """Every strategy's plan() in the span path (the attn and block paths call it the same way)."""
-    if strategy_name == "tomesd":
-        pytest.xfail("tomesd's plan() creates a torch.Generator (random destinations): a graph break")
     encoder = deep_encoder()
     tomeplug.patch(encoder, strategy_name, r=0.25, scope="span")
     compiled_matches_eager(encoder, "eager", torch.randn(1, 3, 256, 256))

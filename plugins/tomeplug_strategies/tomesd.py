@@ -17,9 +17,10 @@ class ToMeSDConfig(CellStrategyConfig):
     Args:
         random: pick each cell's destination uniformly at random (ToMeSD's default); ``False`` picks
             the top-left token of every cell.
-        seed: seed of the ``torch.Generator`` drawn afresh on every call, so the same input gives the
-            same plan. One draw per cell is shared by all token groups of the call (as ToMeSD shares
-            it across the batch) and is the same on every device.
+        seed: seed of the draw. The draw is a counter-based integer hash of (seed, token index):
+            the same input gives the same plan, on every device, with no random-generator state (so
+            ``torch.compile`` traces it without a graph break). One draw per cell is shared by all
+            token groups of the call, as ToMeSD shares it across the batch.
     """
 
     name = "tomesd"
@@ -32,5 +33,12 @@ class ToMeSDConfig(CellStrategyConfig):
         b, n, _ = metric.shape
         if not self.random:
             return torch.zeros(b, n, device=metric.device)  # ties go to each cell's top-left token
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.rand(n, generator=generator).to(metric.device).expand(b, n)
+        return hashed_noise(n, self.seed, metric.device).expand(b, n)
+
+
+def hashed_noise(n: int, seed: int, device: torch.device) -> Tensor:
+    """(n,) pseudo-random float scores in [0, 2**24) (exact in float32) from an integer hash of (seed, index)."""
+    x = torch.arange(n, device=device, dtype=torch.int64) + (seed * 0x9E3779B9) % 2**32  # (n,)
+    for _ in range(3):  # a few rounds of xor-shift-multiply mixing, exact in int64
+        x = ((x >> 16) ^ x) * 0x45D9F3B % 2**32
+    return (((x >> 16) ^ x) % 2**24).float()
