@@ -62,7 +62,7 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             latency_ms=None if own_s is None else 1000 * own_s,
             speedup=base_s / own_s if base_s and own_s else None,
             peak_mem_mb=r.get("peak_mem_mb"),
-            images=r.get("images"),
+            images=r.get("images", r.get("frames")),  # encoder images: a video frame is one
             objects=r.get("objects"),
             device=r.get("device"),
             run_key=r.get("run_key"),
