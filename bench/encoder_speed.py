@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 
 import tomeplug
+import tomeplug.matching
+import tomeplug.plan
 from tomeplug.plan import MergePlan
 from tomeplug_adapters import sam_vit_attention, sam_vit_scopes
 from tomeplug_eval.flops import count_flops
@@ -66,10 +68,18 @@ def parse_layers(text: str, encoder: torch.nn.Module) -> list[int] | str | None:
     return text if text == "paper" else [int(i) for i in text.split(",")]
 
 
+def code_version() -> str:
+    """A hash of the merging code's sources: cached FLOPs are reused only while that code is unchanged."""
+    import hashlib
+
+    sources = [sam_vit_attention.__file__, sam_vit_scopes.__file__, tomeplug.plan.__file__, tomeplug.matching.__file__]
+    return hashlib.sha256(b"".join(Path(f).read_bytes() for f in sources)).hexdigest()[:16]
+
+
 def gflops(encoder: torch.nn.Module, key: dict, size: int) -> float:
     """fvcore GFLOPs of one 1 x 3 x size x size forward, cached by ``key``."""
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-    name = json.dumps(key, sort_keys=True)
+    name = json.dumps({**key, "code": code_version()}, sort_keys=True)
     if name not in cache:
         cache[name] = count_flops(encoder, torch.randn(1, 3, size, size)).gflops
         CACHE.parent.mkdir(parents=True, exist_ok=True)
