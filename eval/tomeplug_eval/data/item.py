@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import overload
+from typing import TypeVar, overload
 
 import attrs
 import numpy as np
@@ -45,8 +45,11 @@ class ImageItem:
         return self.image.shape[0], self.image.shape[1]
 
 
-class ImageDataset(Sequence[ImageItem]):
-    """A read-only, indexable sequence of :class:`ImageItem`, loaded lazily one index at a time.
+T = TypeVar("T")
+
+
+class IndexedDataset(Sequence[T]):
+    """A read-only, indexable sequence of items, loaded lazily one index at a time.
 
     Items are a pure function of (dataset, index): ranks that shard by index (``range(rank, len(ds), world)``)
     see exactly the items a single process would. Subclasses implement ``__len__`` and ``_load``.
@@ -57,16 +60,16 @@ class ImageDataset(Sequence[ImageItem]):
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def _load(self, index: int) -> ImageItem:
+    def _load(self, index: int) -> T:
         raise NotImplementedError
 
     @overload
-    def __getitem__(self, index: int) -> ImageItem: ...
+    def __getitem__(self, index: int) -> T: ...
 
     @overload
-    def __getitem__(self, index: slice) -> list[ImageItem]: ...
+    def __getitem__(self, index: slice) -> list[T]: ...
 
-    def __getitem__(self, index: int | slice) -> ImageItem | list[ImageItem]:
+    def __getitem__(self, index: int | slice) -> T | list[T]:
         """The item at ``index`` (negative indices count from the end); a slice gives a list."""
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
@@ -79,6 +82,10 @@ class ImageDataset(Sequence[ImageItem]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, len={len(self)})"
+
+
+class ImageDataset(IndexedDataset[ImageItem]):
+    """A lazily loaded, indexable sequence of :class:`ImageItem` (see :class:`IndexedDataset`)."""
 
 
 class LazyDataset(ImageDataset):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import overload
 
 import attrs
 import numpy as np
+
+from tomeplug_eval.data.item import IndexedDataset
 
 Masks = dict[int, dict[int, np.ndarray]]  # frame index -> object id -> (H, W) bool mask
 
@@ -87,37 +87,10 @@ class VideoItem:
         return sorted(self.masks)
 
 
-class VideoDataset(Sequence[VideoItem]):
-    """A read-only, indexable sequence of :class:`VideoItem`, loaded lazily one index at a time.
+class VideoDataset(IndexedDataset[VideoItem]):
+    """A lazily loaded, indexable sequence of :class:`VideoItem` (see :class:`IndexedDataset`).
 
-    Items are a pure function of (dataset, index), so ranks sharding by index see what one process would.
     Subclasses implement ``__len__`` and ``_load``, and may list ``names``.
     """
 
     name: str = "video"
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def _load(self, index: int) -> VideoItem:
-        raise NotImplementedError
-
-    @overload
-    def __getitem__(self, index: int) -> VideoItem: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[VideoItem]: ...
-
-    def __getitem__(self, index: int | slice) -> VideoItem | list[VideoItem]:
-        """The item at ``index`` (negative counts from the end); a slice gives a list."""
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError(f"{self.name}: index must be an int or a slice, got {type(index).__name__}")
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"{self.name}: index {index} out of range for {n} videos")
-        return self._load(int(index) % n)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, len={len(self)})"
