@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .data import ImageItem, load_dataset
 from .latency import time_call
@@ -45,6 +44,7 @@ class ImageTask(Task):
     """``task: image``: SAM, HQ-SAM and SAM 2 with one box per object (see the module docstring)."""
 
     name = "image"
+    unit = "img"
     plot_metrics = ("miou", "fid_iou")
 
     def __init__(self, setup: TaskSetup) -> None:
@@ -57,23 +57,9 @@ class ImageTask(Task):
         if cfg.keep_aspect and model_spec(setup.spec.model).family == "sam2":
             raise ValueError("keep_aspect=true is SAM's resize; SAM 2 always takes a square (stretched) input")
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
     def bind(self, model: torch.nn.Module, family: str) -> None:
         super().bind(model, family)
         self.segmenter = make_segmenter(model, family, hq_token_only=self.setup.cfg.model.get("hq_token_only", True))
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = getattr(torch, str(self.setup.cfg.dtype))
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.setup.device.type, dtype=dtype)
-
-    def _progress(self, total: int, what: str) -> tqdm:
-        spec, show = self.setup.spec, self.setup.cfg.progress and self.setup.world.is_main
-        desc = f"{what} {spec.model} {spec.strategy} {self.dataset.name}"
-        return tqdm(total=total, desc=desc, unit="img", disable=not show, dynamic_ncols=True)
 
     def _batches(self, indices: list[int]) -> Iterator[list[int]]:
         size = max(1, int(self.setup.cfg.batch_size))

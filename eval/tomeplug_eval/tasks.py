@@ -19,6 +19,7 @@ Lifecycle of one job, as the runner drives it::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .distributed import World
 from .run_spec import RunSpec
@@ -49,9 +51,14 @@ class TaskSetup:
 
 
 class Task:
-    """Base class of evaluation tasks (see the module docstring for the lifecycle)."""
+    """Base class of evaluation tasks (see the module docstring for the lifecycle).
+
+    A subclass sets ``self.dataset`` (an indexable dataset with a ``name``) in its ``__init__``.
+    """
 
     name: ClassVar[str] = ""
+    unit: ClassVar[str] = "item"
+    """What one dataset item is, for progress bars."""
     plot_metrics: ClassVar[tuple[str, ...]] = ()
     """The accuracy metric and the fidelity metric to plot against GFLOPs and latency."""
 
@@ -61,7 +68,20 @@ class Task:
         self.family = ""
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return len(self.dataset)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The run's ``dtype`` as autocast (nothing for float32)."""
+        dtype = getattr(torch, str(self.setup.cfg.dtype))
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.setup.device.type, dtype=dtype)
+
+    def _progress(self, total: int, what: str) -> tqdm:
+        """A tqdm bar over ``total`` items, shown on rank 0 when ``progress`` is on."""
+        spec, show = self.setup.spec, self.setup.cfg.progress and self.setup.world.is_main
+        desc = f"{what} {spec.model} {spec.strategy} {self.dataset.name}"
+        return tqdm(total=total, desc=desc, unit=self.unit, disable=not show, dynamic_ncols=True)
 
     def model_options(self, family: str) -> dict[str, Any]:
         """Options for :func:`~.sam_models.build_model` (e.g. a video predictor ``target`` for SAM 2)."""

@@ -13,7 +13,6 @@ model's ``image_size``) and the encoder's wall-clock per frame (total encoder se
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .memory import PeakMemory
 from .sam_models import model_spec
@@ -38,6 +36,7 @@ class VideoTask(Task):
     """``task: video``: DAVIS 2017, MOSE, SA-V and ``synthetic_video`` with a SAM 2 video predictor."""
 
     name = "video"
+    unit = "video"
     plot_metrics = ("J&F", "fidelity_J")
 
     def __init__(self, setup: TaskSetup) -> None:
@@ -53,23 +52,9 @@ class VideoTask(Task):
         self.reference_dir = Path(setup.output_dir) / "cache" / "reference" / spec.reference_key
         self.prediction_dir = Path(setup.output_dir) / "predictions" / spec.items_key
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
     def model_options(self, family: str) -> dict[str, Any]:
         # as vos_inference's build_sam2_video_predictor(apply_postprocessing=False): no image post-processing
         return {"target": VIDEO_PREDICTOR, "sam_mask_decoder_extra_args": None}
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = getattr(torch, str(self.setup.cfg.dtype))
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.setup.device.type, dtype=dtype)
-
-    def _progress(self, total: int, what: str) -> tqdm:
-        spec, show = self.setup.spec, self.setup.cfg.progress and self.setup.world.is_main
-        desc = f"{what} {spec.model} {spec.strategy} {self.dataset.name}"
-        return tqdm(total=total, desc=desc, unit="video", disable=not show, dynamic_ncols=True)
 
     def _has_reference(self, index: int) -> bool:
         return (self.reference_dir / self.dataset[index].name).is_dir()
