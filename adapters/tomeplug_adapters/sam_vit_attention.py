@@ -118,9 +118,13 @@ def merged_attention(
 
 
 class MergingSamAttention(nn.Module):
-    """Mixin over SAM's ``Attention`` (scope ``attn``): merges each attention call's tokens."""
+    """Mixin over SAM's ``Attention`` (scope ``attn``): merges each attention call's tokens.
+
+    Subclasses for other windowed SAM-style attentions replace ``merged_attention`` only.
+    """
 
     tomeplug_config: StrategyConfig
+    merged_attention = staticmethod(merged_attention)
 
     def forward(self, x: Tensor) -> Tensor:
         config = self.tomeplug_config
@@ -130,4 +134,4 @@ class MergingSamAttention(nn.Module):
             return super().forward(x)
         tokens = x.reshape(b, n, c)
         plan = plan_merge(config, tokens, self.qkv, self.num_heads, (h, w))
-        return merged_attention(self, tokens, plan, (h, w), config.prop_attn).reshape(b, h, w, c)
+        return self.merged_attention(self, tokens, plan, (h, w), config.prop_attn).reshape(b, h, w, -1)

@@ -15,9 +15,8 @@ from torch import Tensor, nn
 from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
-from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
-from tomeplug_adapters.sam_vit import rel_pos_bias
+from tomeplug_adapters.sam_vit_attention import MergingSamAttention, rel_pos_bias
 from tomeplug_adapters.timm_vit import attention_core, log_size_bias
 
 
@@ -41,20 +40,10 @@ def merged_samvit_attention(
     return plan.unmerge(attention_core(attn, merged, bias_fn, rope))
 
 
-class MergingTimmSamAttention(nn.Module):
+class MergingTimmSamAttention(MergingSamAttention):
     """Mixin over timm's SAM ``Attention``: merges each attention call's tokens per ``tomeplug_config``."""
 
-    tomeplug_config: StrategyConfig
-
-    def forward(self, x: Tensor) -> Tensor:
-        config = self.tomeplug_config
-        b, h, w, c = x.shape  # B' = batch x windows
-        n = h * w
-        if config.num_to_merge(n) == 0:
-            return super().forward(x)
-        tokens = x.reshape(b, n, c)
-        plan = plan_merge(config, tokens, self.qkv, self.num_heads, (h, w))
-        return merged_samvit_attention(self, tokens, plan, (h, w), config.prop_attn).reshape(b, h, w, -1)
+    merged_attention = staticmethod(merged_samvit_attention)
 
 
 class TimmSamViTAdapter(Adapter):
