@@ -8,20 +8,12 @@ of the encoder runs on merged tokens is the config's ``scope``:
 
 - ``attn`` (the published method): the attention module merges its input, runs qkv and attention,
   projects and unmerges. The residual and the MLP stay on every token.
-- ``block``: the block runs attention and MLP on merged tokens. The residual tokens x are windowed
-  (zero-padded) as upstream windows norm1(x); the plan comes from norm1 of the windows (padding zeroed);
-  m = merge(x) (size-weighted mean residuals); u = m + attn(norm1(m)); v = u + mlp(norm2(u)); every
-  token leaves with its own residual plus its slot's change, x + unmerge(v - m) ("delta unmerge"). At
-  r = 0 the block is upstream's. Upstream runs the MLP on the unpadded grid; here it runs on the merged
-  window tokens, slots holding only padding included (their attention input stays zero, as upstream's
-  padding, and their outputs are cropped).
-- ``span``: tokens stay merged across a run of consecutive span-scoped windowed blocks (all of SAM's
-  windowed blocks share one window partition) with equal configs: the plan is made at the run's first
-  block and reused, each block runs as in ``block`` scope on the merged tokens, and the delta unmerge
-  against the run's input happens once, at its end: before a global block, a block of another scope or
-  config, or the neck. A span-scoped global block behaves like ``block`` scope. The encoder's class is
-  swapped too (it walks the runs), so HQ-SAM's intermediate embeddings (after global blocks) are
-  unmerged.
+- ``block`` and ``span``: attention and MLP on merged tokens, for one block or a run of consecutive
+  windowed blocks on one plan (semantics in :mod:`tomeplug_adapters.windowed_scopes`). All of SAM's
+  windowed blocks share one window partition, so a span runs until a global block, a block of another
+  scope or config, or the neck. A span-scoped global block behaves like ``block`` scope. With any
+  span-scoped block the encoder's class is swapped too (it walks the runs), so HQ-SAM's intermediate
+  embeddings (after global blocks) are unmerged.
 """
 
 from __future__ import annotations
@@ -35,7 +27,8 @@ from tomeplug.adapter import Adapter, class_path
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
 from tomeplug_adapters.sam_vit_attention import MergingSamAttention, merged_attention, rel_pos_bias, resized_rel_pos
-from tomeplug_adapters.sam_vit_scopes import MergingHQSamEncoder, MergingSamBlock, MergingSamEncoder, span_runs
+from tomeplug_adapters.sam_vit_scopes import MergingHQSamEncoder, MergingSamBlock, MergingSamEncoder
+from tomeplug_adapters.windowed_scopes import span_runs
 
 __all__ = ["HQSamViTAdapter", "MergingSamAttention", "SamViTAdapter", "merged_attention", "rel_pos_bias"]
 __all__ += ["resized_rel_pos"]

@@ -1,0 +1,149 @@
+"""Merge scopes ``block`` and ``span`` for windowed-attention encoders (SAM ViT, SAM 2 Hiera).
+
+Both encoders' blocks map (B, H, W, C) to (B, H, W, C): ``norm1``, attention on zero-padded windows (or
+the whole map), a residual add, then ``norm2``, MLP and a residual add on the map. Here such blocks run
+on merged tokens:
+
+- ``block``: one block runs attention and MLP on merged tokens. The residual tokens x are windowed
+  (zero-padded) as upstream windows norm1(x); the plan comes from norm1 of the windows (padding zeroed);
+  m = merge(x) (size-weighted mean residuals); u = m + attn(norm1(m)); v = u + mlp(norm2(u)); every
+  token leaves with its own residual plus its slot's change, x + unmerge(v - m) ("delta unmerge"). At
+  r = 0 the block is upstream's. Upstream runs the MLP on the unpadded map; here it runs on the merged
+  window tokens, slots holding only padding included (their attention input stays zero, as upstream's
+  padding, and their outputs are cropped).
+- ``span``: tokens stay merged across a run of consecutive span-scoped windowed blocks with one window
+  size and equal configs (:func:`span_runs`): the plan is made at the run's first block and reused, each
+  block runs as in ``block`` scope, and the delta unmerge against the run's input happens once, at its
+  end. The encoder's loop walks the runs (:func:`run_blocks`).
+
+An architecture subclasses :class:`MergingWindowedBlock` with its attention over merged tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tomeplug.config import StrategyConfig
+from tomeplug.metric import plan_merge
+from tomeplug.plan import MergePlan
+
+
+def partition(x: Tensor, size: int) -> Tensor:
+    """(B, H, W, C) -> (B', N, C): windows of size x size (B' = B x windows) zero-padded at the bottom and
+    right edges as SAM and SAM 2 pad them, or the whole map (B' = B) where ``size`` is 0."""
+    b, h, w, c = x.shape
+    if size == 0:
+        return x.reshape(b, h * w, c)
+    pad_h, pad_w = -h % size, -w % size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    nh, nw = (h + pad_h) // size, (w + pad_w) // size
+    return x.reshape(b, nh, size, nw, size, c).transpose(2, 3).reshape(b * nh * nw, size * size, c)
+
+
+def unpartition(tokens: Tensor, size: int, hw: tuple[int, int]) -> Tensor:
+    """The inverse of :func:`partition`: (B', N, C) -> (B, H, W, C), padding cropped."""
+    (h, w), c = hw, tokens.shape[-1]
+    if size == 0:
+        return tokens.reshape(-1, h, w, c)
+    nh, nw = -(-h // size), -(-w // size)
+    x = tokens.reshape(-1, nh, nw, size, size, c).transpose(2, 3).reshape(-1, nh * size, nw * size, c)
+    return x[:, :h, :w].contiguous() if nh * size > h or nw * size > w else x
+
+
+class MergingWindowedBlock(nn.Module):
+    """Mixin over a windowed block (scopes ``block`` and ``span``): attention and MLP on merged tokens.
+
+    The block has ``window_size`` (0: global), ``norm1``, ``attn`` (with ``qkv`` and ``num_heads``),
+    ``norm2`` and ``mlp``. A subclass supplies the attention over merged tokens.
+    """
+
+    tomeplug_config: StrategyConfig
+
+    def merged_context(self, plan: MergePlan, grid: tuple[int, int], dtype: torch.dtype) -> Any:
+        """What :meth:`merged_attend` needs of a plan (e.g. positions), built once per plan."""
+        raise NotImplementedError
+
+    def merged_attend(self, tokens: Tensor, context: Any) -> Tensor:
+        """The block's attention over merged tokens (B', M, C) -> (B', M, C), projection included."""
+        raise NotImplementedError
+
+    def residual(self, delta: Tensor) -> Tensor:
+        """A branch's output before it is added to the residual stream (e.g. stochastic depth)."""
+        return delta
+
+    def merges(self, x: Tensor) -> bool:
+        """Whether this block merges any token of input ``x`` (B, H, W, C)."""
+        n = self.window_size**2 if self.window_size else x.shape[1] * x.shape[2]
+        return self.tomeplug_config.num_to_merge(n) > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.merges(x):
+            return super().forward(x)  # r = 0: upstream, bit for bit
+        return run_merged([self], x)
+
+
+def run_merged(blocks: Sequence[MergingWindowedBlock], x: Tensor) -> Tensor:
+    """Run consecutive blocks (one window size) on one plan's merged tokens: (B, H, W, C) -> (B, H, W, C).
+
+    The plan is made from the first block's ``norm1`` of the windows (padding zeroed, as upstream pads it)
+    and its config. Each token leaves with its own residual plus its slot's change ("delta unmerge").
+    """
+    first, (b, h, w, _) = blocks[0], x.shape
+    config, size = first.tomeplug_config, first.window_size
+    grid = (size, size) if size else (h, w)
+    tokens = partition(x, size)  # (B', N, C) the residual stream
+    real = None
+    if size and (h % size or w % size):
+        real = partition(x.new_ones(b, h, w, 1), size)  # (B', N, 1): 0 for padding
+    normed = first.norm1(tokens) if real is None else first.norm1(tokens) * real
+    plan = plan_merge(config, normed, first.attn.qkv, first.attn.num_heads, grid)
+    merged = plan.merge(tokens)  # (B', M, C) size-weighted mean residuals
+    real_slots = None if real is None else plan.merge(real).gt(0).to(x.dtype)  # (B', M, 1): 0 if all padding
+    context = first.merged_context(plan, grid, x.dtype)  # once per plan
+    out = merged
+    for block in blocks:
+        attn_in = block.norm1(out) if real_slots is None else block.norm1(out) * real_slots
+        out = out + block.residual(block.merged_attend(attn_in, context))
+        out = out + block.residual(block.mlp(block.norm2(out)))  # on merged tokens, all-padding slots included
+    return unpartition(tokens + plan.unmerge(out - merged), size, (h, w))
+
+
+def span_runs(
+    blocks: Sequence[nn.Module], schedule: Mapping[int, StrategyConfig], stops: frozenset[int] = frozenset()
+) -> tuple[tuple[int, ...], ...]:
+    """The encoder's blocks in runs: maximal runs of consecutive span-scoped windowed blocks (patched as
+    :class:`MergingWindowedBlock`) with equal configs and window sizes, and every other block alone.
+
+    A run ends at a block in ``stops`` (one whose output the encoder returns, e.g. a stage's last).
+    """
+    runs: list[list[int]] = []
+    extendable = False
+    for index, block in enumerate(blocks):
+        config = schedule.get(index)
+        spans = getattr(config, "scope", None) == "span" and isinstance(block, MergingWindowedBlock)
+        spans = spans and block.window_size > 0
+        joins = extendable and blocks[index - 1].window_size == block.window_size and schedule[index - 1] == config
+        if spans and joins:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+        extendable = spans and index not in stops
+    return tuple(tuple(run) for run in runs)
+
+
+def run_blocks(blocks: Sequence[nn.Module], runs: Sequence[Sequence[int]], x: Tensor) -> Iterator[tuple[int, Tensor]]:
+    """Run the encoder's blocks run by run (a run of several on one plan); yields (last block, output)."""
+    for run in runs:
+        members = [blocks[i] for i in run]
+        if len(members) > 1 and members[0].merges(x):
+            x = run_merged(members, x)
+        else:
+            for block in members:
+                x = block(x)
+        yield run[-1], x
