@@ -88,3 +88,16 @@ def tiny_sam2(
 def sam2_feat_sizes(image_size: int = 128) -> list[tuple[int, int]]:
     """The backbone feature sizes (strides 4, 8, 16) a ``SAM2ImagePredictor`` needs for ``image_size``."""
     return [(image_size // s, image_size // s) for s in (4, 8, 16)]
+
+
+def tiny_hiera(seed: int = 0, **fields) -> nn.Module:
+    """sam2's Hiera trunk: embed 16, stages (2, 3, 5, 2), windows (8, 4, 6, 3), block 8 global.
+
+    At image size 128 (grids 32/16/8/4) runs of windowed blocks are (0, 1) and (3, 4) on unpadded windows,
+    (6, 7) on padded 6x6 windows over the 8x8 map; 2, 5 and 10 pool queries; 9 and 11 end their stages
+    alone. ``fields`` override the constructor's arguments.
+    """
+    from sam2.modeling.backbones.hieradet import Hiera
+
+    options = dict(embed_dim=16, num_heads=1, stages=(2, 3, 5, 2), window_spec=(8, 4, 6, 3), global_att_blocks=(8,))
+    return _randomise(Hiera(window_pos_embed_bkg_spatial_size=(4, 4), **{**options, **fields}), seed)

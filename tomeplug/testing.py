@@ -147,7 +147,9 @@ def check_adapter(
 ) -> None:
     """Check an adapter on a (tiny) model; the first breach raises AssertionError.
 
-    Checked: it matches the model and lists its blocks; r=0 reproduces the model's output bit for bit;
+    Checked: it matches the model and lists its blocks; in every merge scope it declares (or the one in
+    ``params``), r=0 reproduces the model's output bit for bit, merging every block changes the output
+    (same shapes, finite) and unpatching restores it;
     patching the first and last blocks swaps something in each (and nothing elsewhere), attaches the
     block's config, keeps ``state_dict``, changes the output (same shapes, finite) and patching again
     gives the same output; unpatching restores classes and output bit for bit; empty and out-of-range
@@ -170,8 +172,18 @@ def check_adapter(
     expect(blocks, f"{name}: blocks(model) is empty")
     reference = _run(run, model, inputs)
     classes, state = [type(m) for m in model.modules()], _state(model)
-    with patch(model, strategy, adapter=adapter, **{**params, "r": 0.0}):
-        expect(_equal(_run(run, model, inputs), reference), f"{name}: r=0 changed the output")
+    for scope in [params["scope"]] if "scope" in params else adapter.scopes:
+        scoped = {**params, "scope": scope}
+        with patch(model, strategy, adapter=adapter, **{**scoped, "r": 0.0}):
+            expect(_equal(_run(run, model, inputs), reference), f"{name}: r=0 in scope {scope!r} changed the output")
+        with patch(model, strategy, adapter=adapter, **{**scoped, "r": r}):
+            merged = _run(run, model, inputs)
+        where = f"{name}: merging every block in scope {scope!r}"
+        expect([t.shape for t in merged] == [t.shape for t in reference], f"{where} changed the output shapes")
+        expect(all(t.isfinite().all() for t in merged if t.is_floating_point()), f"{where} gave non-finite output")
+        expect(not _equal(merged, reference), f"{where} with r={r} left the output unchanged")
+        expect([type(m) for m in model.modules()] == classes, f"{name}: unpatching scope {scope!r} left classes")
+        expect(_equal(_run(run, model, inputs), reference), f"{name}: unpatching scope {scope!r} changed the output")
     selected = sorted({0, len(blocks) - 1})
     handle = patch(model, strategy, layers=selected, adapter=adapter, r=r, **params)
     for index, block in enumerate(blocks):
