@@ -1,4 +1,4 @@
-"""SAM image-encoder speed, patched vs unpatched in one process: speedup, FLOPs bound, merge overhead.
+"""SAM / SAM 2 image-encoder speed, patched vs unpatched in one process: speedup, FLOPs bound, merge overhead.
 
 Run from the repository root (random weights: the work does not depend on them), e.g.
 
@@ -20,9 +20,11 @@ Method:
   relative-position bias ("positions") is shown apart: it replaces upstream's own rel-pos work.
 - fidelity: cosine of the patched and dense embeddings of the timed runs (random weights: a smoke check).
 
-``--layers`` is ``paper`` (ViT-L: the published [0, 4, 5, 10, 16, 17, 19, 20, 22, 23], the default),
-``vitb`` (ViT-B's default: the paper schedule at half depth, floor(i / 2) deduplicated:
-[0, 2, 5, 8, 9, 10, 11], all four global blocks included), ``all``, ``windowed`` or indices ``0,4,5``.
+``--model`` is ``vit_b``, ``vit_l`` (SAM), ``hiera_l`` (SAM 2.1 Hiera-L) or a tiny smoke model. ``--layers``
+is ``paper`` (the published schedule, default for ViT-L: [0, 4, 5, 10, 16, 17, 19, 20, 22, 23], and
+Hiera-L: [31, 32, 34, 35, 37, 38, 44, 45, 46, 47]), ``vitb`` (ViT-B's default: the paper schedule at
+half depth, floor(i / 2) deduplicated: [0, 2, 5, 8, 9, 10, 11], all four global blocks included),
+``all``, ``windowed`` or indices ``0,4,5``.
 """
 
 from __future__ import annotations
@@ -47,14 +49,29 @@ import tomeplug
 import tomeplug.matching
 import tomeplug.plan
 from tomeplug.plan import MergePlan
-from tomeplug_adapters import sam_vit_attention, sam_vit_scopes
+from tomeplug_adapters import (
+    sam2_hiera_attention,
+    sam2_hiera_scopes,
+    sam_vit_attention,
+    sam_vit_scopes,
+    windowed_scopes,
+)
 from tomeplug_eval.flops import count_flops
 from tomeplug_eval.latency import compare
 from tomeplug_eval.sam_models import RandomWeightsWarning, build_model
 
 VIT_B_SCHEDULE = [0, 2, 5, 8, 9, 10, 11]
+MODELS = {"vit_b": "vit_b", "vit_l": "vit_l", "hiera_l": "sam2.1_hiera_l", "tiny": "tiny", "tiny_hiera": "sam2_tiny"}
+"""``--model`` -> the harness's model name (``tomeplug_eval.sam_models``); the tiny ones are smoke runs."""
+DEFAULT_LAYERS = {"vit_l": "paper", "vit_b": "vitb", "hiera_l": "paper", "tiny": "all", "tiny_hiera": "all"}
+MERGING_CODE = [sam_vit_attention, sam_vit_scopes, sam2_hiera_attention, sam2_hiera_scopes, windowed_scopes]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CACHE = Path("outputs/bench_flops_cache.json")
+
+
+def encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """The encoder's blocks, as its adapter lists them."""
+    return list(tomeplug.get_registry().adapter_for(encoder).blocks(encoder))
 
 
 def parse_layers(text: str, encoder: torch.nn.Module) -> list[int] | str | None:
@@ -62,7 +79,7 @@ def parse_layers(text: str, encoder: torch.nn.Module) -> list[int] | str | None:
     if text == "all":
         return None
     if text == "windowed":
-        return [i for i, block in enumerate(encoder.blocks) if block.window_size > 0]
+        return [i for i, block in enumerate(encoder_blocks(encoder)) if block.window_size > 0]
     if text == "vitb":
         return VIT_B_SCHEDULE
     return text if text == "paper" else [int(i) for i in text.split(",")]
@@ -72,7 +89,7 @@ def code_version() -> str:
     """A hash of the merging code's sources: cached FLOPs are reused only while that code is unchanged."""
     import hashlib
 
-    sources = [sam_vit_attention.__file__, sam_vit_scopes.__file__, tomeplug.plan.__file__, tomeplug.matching.__file__]
+    sources = [module.__file__ for module in MERGING_CODE] + [tomeplug.plan.__file__, tomeplug.matching.__file__]
     return hashlib.sha256(b"".join(Path(f).read_bytes() for f in sources)).hexdigest()[:16]
 
 
@@ -117,18 +134,20 @@ def merge_overhead(encoder: torch.nn.Module, schedule: dict, x: torch.Tensor) ->
     """Seconds in planning, merging, unmerging, positions and merged blocks during one forward."""
     watch = Stopwatch(x.device)
     with ExitStack() as stack, torch.no_grad():
-        for module in (sam_vit_attention, sam_vit_scopes):
+        for module in (sam_vit_attention, sam2_hiera_attention, windowed_scopes):
             stack.enter_context(mock.patch.object(module, "plan_merge", watch.wrap("plan", module.plan_merge)))
+        for module in (sam_vit_attention, sam_vit_scopes):
             positions = watch.wrap("positions", module.plan_positions)
             stack.enter_context(mock.patch.object(module, "plan_positions", positions))
         bias = watch.wrap("positions", sam_vit_attention.position_bias)
         stack.enter_context(mock.patch.object(sam_vit_attention, "position_bias", bias))
         for name in ("merge", "unmerge"):
             stack.enter_context(mock.patch.object(MergePlan, name, watch.wrap(name, getattr(MergePlan, name))))
-        run = watch.wrap("blocks", sam_vit_scopes.run_merged, outer=True)
-        stack.enter_context(mock.patch.object(sam_vit_scopes, "run_merged", run))
+        run = watch.wrap("blocks", windowed_scopes.run_merged, outer=True)
+        stack.enter_context(mock.patch.object(windowed_scopes, "run_merged", run))
+        blocks = encoder_blocks(encoder)
         for index in schedule:
-            block = encoder.blocks[index]
+            block = blocks[index]
             stack.enter_context(mock.patch.object(block, "forward", watch.wrap("blocks", block.forward, outer=True)))
         encoder(x)
     return watch.seconds
@@ -136,9 +155,9 @@ def merge_overhead(encoder: torch.nn.Module, schedule: dict, x: torch.Tensor) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["vit_b", "vit_l", "tiny"], default="vit_l", help="tiny: a smoke run")
+    parser.add_argument("--model", choices=list(MODELS), default="vit_l", help="hiera_l: SAM 2.1; tiny*: smoke runs")
     parser.add_argument("--strategy", default="tome")
-    parser.add_argument("--layers", default=None, help="paper | vitb | all | windowed | 0,4,5 (default per model)")
+    parser.add_argument("--layers", default=None, help="paper | vitb | all | windowed | 0,4,5 (default: paper)")
     parser.add_argument("--r", type=float, default=0.5)
     parser.add_argument("--scope", choices=["attn", "block", "span"], default="attn")
     parser.add_argument("--exclude-padding", action="store_true")
@@ -153,14 +172,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="append the result as one JSON line to this file")
     args = parser.parse_args()
-    args.size = args.size or (256 if args.model == "tiny" else 1024)
+    args.size = args.size or {"tiny": 256, "tiny_hiera": 128}.get(args.model, 1024)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        dense = build_model(args.model).image_encoder
-    default_layers = {"vit_l": "paper", "vit_b": "vitb", "tiny": "all"}[args.model]
-    layers = parse_layers(args.layers or default_layers, dense)
+        dense = build_model(MODELS[args.model]).image_encoder
+    layers = parse_layers(args.layers or DEFAULT_LAYERS[args.model], dense)
     patched = copy.deepcopy(dense)
     params = {"r": args.r, "scope": args.scope, **({"exclude_padding": True} if args.exclude_padding else {})}
     handle = tomeplug.patch(patched, args.strategy, layers, **params)
@@ -178,7 +196,8 @@ def main() -> None:
 
     def forward(model):
         with torch.no_grad():
-            return model(x)
+            out = model(x)
+        return out["vision_features"] if isinstance(out, dict) else out  # SAM 2's ImageEncoder: a dict
 
     timing = compare(
         {"dense": functools.partial(forward, run_dense), "patched": functools.partial(forward, run_patched)},
