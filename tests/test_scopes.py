@@ -9,7 +9,7 @@ import attrs
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import _randomise, tiny_sam_encoder
+from tiny_models import _randomise, tiny_hiera, tiny_sam_encoder
 from torch import nn
 
 import tomeplug
@@ -41,6 +41,19 @@ class IdentityConfig(StrategyConfig):
 
     def plan(self, metric, grid, valid=None):
         return MergePlan.identity(metric.shape[0], metric.shape[1], metric.device)
+
+
+def module_layout(model):
+    """Every module's class and attribute names: unpatching must restore both."""
+    return [(type(m), sorted(m.__dict__)) for m in model.modules()]
+
+
+def record_mlp_inputs(blocks):
+    """{block index: shape of its MLP's input}, filled by the next forward."""
+    seen = {}
+    for index, block in enumerate(blocks):
+        block.mlp.register_forward_hook(lambda m, args, out, i=index: seen.__setitem__(i, tuple(args[0].shape)))
+    return seen
 
 
 def encode(encoder, x):
@@ -83,13 +96,11 @@ def test_identity_plan_reproduces_upstream(package, scope, prop_attn, image):
 def test_unpatch_is_bit_exact(package, scope, image):
     encoder = deep_encoder(package)
     reference = encode(encoder, image)
-    classes = [type(m) for m in encoder.modules()]
-    attributes = [sorted(m.__dict__) for m in encoder.modules()]
+    layout = module_layout(encoder)
     handle = tomeplug.patch(encoder, "tome", r=0.5, scope=scope)
     assert not torch.allclose(encode(encoder, image), reference)
     handle.remove()
-    assert [type(m) for m in encoder.modules()] == classes
-    assert [sorted(m.__dict__) for m in encoder.modules()] == attributes
+    assert module_layout(encoder) == layout
     assert torch.equal(encode(encoder, image), reference)
 
 
@@ -104,9 +115,7 @@ def test_merging_changes_output_and_stays_finite(scope, strategy_name, image):
 
 def test_block_scope_mlp_sees_merged_tokens(image):
     encoder = deep_encoder()
-    r, seen = 0.4, {}
-    for index, block in enumerate(encoder.blocks):
-        block.mlp.register_forward_hook(lambda m, args, out, i=index: seen.__setitem__(i, tuple(args[0].shape)))
+    r, seen = 0.4, record_mlp_inputs(encoder.blocks)
     tomeplug.patch(encoder, "tome", r=r, scope="block")
     encode(encoder, image)
     for index in WINDOWED:  # 16 windows of 5 x 5 (the 16 x 16 grid padded to 20 x 20) per image
@@ -128,14 +137,19 @@ def count_plans(monkeypatch, config_class):
     return calls
 
 
-@pytest.mark.parametrize("scope, plans", [("attn", 6), ("block", 6), ("span", 4)])
-def test_one_plan_per_attention_call_or_span(monkeypatch, registry, scope, plans, image):
+@pytest.mark.parametrize(
+    "model, scope, plans",
+    [("sam", "attn", 6), ("sam", "block", 6), ("sam", "span", 4), ("hiera", "attn", 12), ("hiera", "block", 12)]
+    + [("hiera", "span", 9)],  # runs: SAM (0, 1), (2,), (3, 4), (5,); Hiera tiny_models.tiny_hiera's docstring
+)
+def test_one_plan_per_attention_call_or_span(monkeypatch, registry, model, scope, plans):
     calls = count_plans(monkeypatch, registry.strategy("tome"))
-    encoder = deep_encoder()
+    sam = model == "sam"
+    encoder, side, first = (deep_encoder(), 256, (2 * 16, 25, 16)) if sam else (tiny_hiera(), 128, (2 * 16, 64, 16))
     tomeplug.patch(encoder, "tome", r=0.3, scope=scope)
-    encode(encoder, image)
-    assert len(calls) == plans  # span: runs (0, 1), (2,), (3, 4), (5,)
-    assert calls[0] == (2 * 16, 25, 16)  # all windows of the batch in one call; metric = heads' mean
+    encode(encoder, torch.randn(2, 3, side, side))
+    assert len(calls) == plans
+    assert calls[0] == first  # all windows of the batch in one call; metric = heads' mean
 
 
 def test_span_unmerges_before_global_blocks_and_the_neck(image):

@@ -14,6 +14,13 @@ def alternate_split(n: int, device: torch.device | str | None = None) -> tuple[T
     return torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)
 
 
+def pick(x: Tensor, index: Tensor) -> Tensor:
+    """The tokens ``index`` ((K,) shared by every group, or (B', K)) of ``x`` (B', N, C): (B', K, C)."""
+    if index.dim() == 1:
+        return x.index_select(1, index)  # several times faster than a gather with an expanded index
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 def bipartite_plan(
     metric: Tensor,
     src: Tensor,
@@ -37,13 +44,12 @@ def bipartite_plan(
         valid: (B', N) bool or None. Given, padding (False) and real tokens never match each other, and
             padding sources merge into padding destinations before any real pair (a lossless merge).
     """
-    b, n, c = metric.shape
+    b, n, _ = metric.shape
+    metric = F.normalize(metric, dim=-1)
+    a, d = pick(metric, src), pick(metric, dst)  # (B', Ns, C), (B', Nd, C)
     src, dst = src.expand(b, -1), dst.expand(b, -1)
     if not 0 <= n_merge <= src.shape[1]:
         raise ValueError(f"cannot merge {n_merge} of {src.shape[1]} source tokens")
-    metric = F.normalize(metric, dim=-1)
-    a = metric.gather(1, src.unsqueeze(-1).expand(-1, -1, c))  # (B', Ns, C)
-    d = metric.gather(1, dst.unsqueeze(-1).expand(-1, -1, c))  # (B', Nd, C)
     scores = a @ d.transpose(1, 2)  # (B', Ns, Nd)
     if valid is not None:
         real_src = valid.gather(1, src).unsqueeze(2)  # (B', Ns, 1)
