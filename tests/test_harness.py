@@ -116,6 +116,17 @@ def test_mix_and_match_schedule_and_other_model_families(tmp_path):
     assert aspect["metrics"]["fid_iou"] == 1.0 and aspect["config"]["keep_aspect"] is True
 
 
+@pytest.mark.parametrize("model", ["sam_tiny", "sam2_tiny"])
+def test_every_merge_scope_reports_fidelity_and_flops(tmp_path, model):
+    scopes = ("attn", "block", "span")
+    records = {s: run(tmp_path, f"model={model}", "strategy=tome", f"strategy.scope={s}", "limit=1") for s in scopes}
+    for scope, record in records.items():
+        assert {block["scope"] for block in record["blocks"]["layers"].values()} == {scope}
+        assert 0.0 < record["metrics"]["emb_cos"] < 1.0 and 0.0 <= record["metrics"]["fid_iou"] <= 1.0, scope
+    assert records["block"]["flops"]["ratio"] < records["attn"]["flops"]["ratio"] < 1.0
+    assert records["span"]["flops"]["ratio"] <= records["block"]["flops"]["ratio"] + 1e-3
+
+
 def test_bad_paths_and_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data_root not found: .*nowhere.*HQ-SAM layout"):
         run(tmp_path, "dataset=coift", f"data_root={tmp_path / 'nowhere'}")
