@@ -1,4 +1,4 @@
-"""Exact savings of the SAM ViT merging path: each is proven output-identical or counted here."""
+"""Exact savings of the merging path (SAM ViT, the strategies): each is proven output-identical or counted here."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tomeplug
+from tomeplug.matching import bipartite_plan, cosine_similarity
 from tomeplug.metric import plan_merge
 from tomeplug_adapters import sam_vit_scopes
-from tomeplug_adapters.sam_vit_attention import attend, merged_attention, plan_positions, rel_pos_bias
+from tomeplug_adapters.sam_vit_attention import attend, gather_bits, merged_attention, plan_positions, rel_pos_bias
 
 SCOPES = ["attn", "block", "span"]
 LAYOUT_OPS = {"view", "_unsafe_view", "clone"}  # reshape copies or views by the input's strides (batch 1 or not)
@@ -62,9 +63,10 @@ def test_projection_before_unmerge_equals_projection_after(block_index):
 
 
 @pytest.mark.parametrize("scope, calls", [("attn", 6), ("block", 6), ("span", 4)])
-def test_one_similarity_matmul_per_attention_call(monkeypatch, registry, scope, calls):
-    """ToMe plans once per attention call (span: once per run), all windows batched, with one similarity matmul."""
-    config_class, per_plan = registry.strategy("tome"), []
+def test_one_similarity_matmul_per_attention_call(monkeypatch, registry, strategy_name, scope, calls):
+    """Every strategy plans once per attention call (span: once per run), all windows batched, with one
+    similarity matmul (PiToMe's energy and its matching share theirs)."""
+    config_class, per_plan = registry.strategy(strategy_name), []
     original = config_class.plan
 
     class CountMatmuls(TorchFunctionMode):
@@ -79,9 +81,27 @@ def test_one_similarity_matmul_per_attention_call(monkeypatch, registry, scope, 
 
     monkeypatch.setattr(config_class, "plan", plan)
     encoder = deep_encoder()
-    tomeplug.patch(encoder, "tome", r=0.4, scope=scope)
+    tomeplug.patch(encoder, strategy_name, r=0.4, scope=scope)
     encode(encoder, torch.randn(2, 3, 256, 256))
     assert per_plan == [1] * calls
+
+
+@pytest.mark.parametrize("shared", [True, False])  # sources / destinations shared by every group, or per group
+@pytest.mark.parametrize("padding", [False, True])
+def test_shared_similarity_gives_the_same_plan(shared, padding):
+    generator = torch.Generator().manual_seed(5)
+    metric = torch.randn(6, 20, 8, generator=generator)
+    valid = None
+    if padding:
+        valid = torch.rand(6, 20, generator=generator) > 0.3
+        metric = metric * valid.unsqueeze(-1)  # padding tokens are zero vectors
+    order = torch.arange(20) if shared else torch.rand(6, 20, generator=generator).argsort(dim=1)
+    src, dst, protected = order[..., :8], order[..., 8:16], order[..., 16:]
+    plans = [
+        bipartite_plan(metric, src, dst, 5, protected=protected, valid=valid, similarity=similarity)
+        for similarity in (None, cosine_similarity(metric))
+    ]
+    assert all(torch.equal(getattr(plans[0], f), getattr(plans[1], f)) for f in ("assignment", "kept", "size"))
 
 
 def forward_ops(encoder, x):
@@ -151,3 +171,11 @@ def test_attention_runs_as_one_sdpa_call_with_additive_mask(scope):
     ops = forward_ops(encoder, torch.randn(1, 3, 256, 256))
     sdpa = sum(n for name, n in ops.counts.items() if "scaled_dot_product" in name and not name.startswith("_fused"))
     assert sdpa >= 6 and not any("softmax" in name for name in ops.counts)  # no hand-written softmax attention
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_gather_bits_is_gather(dtype):
+    terms = torch.randn(3, 4, 10, 7, generator=torch.Generator().manual_seed(6)).to(dtype)
+    index = torch.randint(0, 7, (3, 1, 1, 10), generator=torch.Generator().manual_seed(7)).expand(3, 4, 10, 10)
+    assert torch.equal(gather_bits(terms, index), terms.gather(-1, index))
+    assert gather_bits(terms, index).dtype == dtype

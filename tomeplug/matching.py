@@ -21,6 +21,13 @@ def pick(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def cosine_similarity(metric: Tensor) -> Tensor:
+    """(B', N, N) cosine similarities between the tokens of ``metric`` (B', N, C); a zero vector (SAM's
+    and Hiera's window padding) has similarity 0 with everything, never NaN."""
+    x = F.normalize(metric, dim=-1)
+    return x @ x.transpose(1, 2)
+
+
 def bipartite_plan(
     metric: Tensor,
     src: Tensor,
@@ -28,6 +35,7 @@ def bipartite_plan(
     n_merge: int,
     protected: Tensor | None = None,
     valid: Tensor | None = None,
+    similarity: Tensor | None = None,
 ) -> MergePlan:
     """Merge the ``n_merge`` sources most similar to their best destination into it.
 
@@ -43,14 +51,18 @@ def bipartite_plan(
             partition the N tokens.
         valid: (B', N) bool or None. Given, padding (False) and real tokens never match each other, and
             padding sources merge into padding destinations before any real pair (a lossless merge).
+        similarity: (B', N, N) :func:`cosine_similarity` of the metric where the caller has it already
+            (PiToMe's energy needs it): the scores are read from it instead of computed again.
     """
     b, n, _ = metric.shape
-    metric = F.normalize(metric, dim=-1)
-    a, d = pick(metric, src), pick(metric, dst)  # (B', Ns, C), (B', Nd, C)
+    if not 0 <= n_merge <= src.shape[-1]:
+        raise ValueError(f"cannot merge {n_merge} of {src.shape[-1]} source tokens")
+    if similarity is None:
+        metric = F.normalize(metric, dim=-1)
+        scores = pick(metric, src) @ pick(metric, dst).transpose(1, 2)  # (B', Ns, Nd)
+    else:
+        scores = pick(pick(similarity, src).transpose(1, 2), dst).transpose(1, 2)  # rows src, columns dst
     src, dst = src.expand(b, -1), dst.expand(b, -1)
-    if not 0 <= n_merge <= src.shape[1]:
-        raise ValueError(f"cannot merge {n_merge} of {src.shape[1]} source tokens")
-    scores = a @ d.transpose(1, 2)  # (B', Ns, Nd)
     if valid is not None:
         real_src = valid.gather(1, src).unsqueeze(2)  # (B', Ns, 1)
         same_kind = real_src == valid.gather(1, dst).unsqueeze(1)  # (B', Ns, Nd)

@@ -65,6 +65,18 @@ def merged_positions(kept: Tensor, size: Tensor | None, grid: tuple[int, int], d
     return MergedPositions(grid, query_index, key_rows, key_cols, log_size)
 
 
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def gather_bits(t: Tensor, index: Tensor) -> Tensor:
+    """``t.gather(-1, index)`` that moves the values' bits as integers: exact, and on CPU 3x faster for
+    bf16 / fp16 (whose gather kernel is slow) and a little faster for fp32 on small windows. A plain gather
+    under the JIT tracer (fvcore's FLOPs count), which cannot trace ``view(dtype)``."""
+    if torch.jit.is_tracing():
+        return t.gather(-1, index)
+    return t.view(_SAME_SIZE_INT[t.element_size()]).gather(-1, index).view(t.dtype)
+
+
 def position_bias(q: Tensor, positions: MergedPositions, rel_pos: tuple[Tensor, Tensor] | None) -> Tensor | None:
     """The additive attention bias of merged queries ``q`` (B', heads, M, hd): (B', heads, M, M) or None.
 
@@ -75,9 +87,9 @@ def position_bias(q: Tensor, positions: MergedPositions, rel_pos: tuple[Tensor, 
     (h, w), (b, heads, m, _) = positions.grid, q.shape
     table = torch.cat([resized_rel_pos(rel_pos[0], h), resized_rel_pos(rel_pos[1], w)]).to(q.dtype)
     logits = q @ table.T  # (B', heads, M, 2h + 2w - 2)
-    terms = logits.gather(-1, positions.query_index.unsqueeze(1).expand(-1, heads, -1, -1))  # (B', heads, M, h + w)
-    bias = terms.gather(-1, positions.key_rows.expand(b, heads, m, m))  # (B', heads, M, M): T[m, row_n]
-    bias = bias.add_(terms.gather(-1, positions.key_cols.expand(b, heads, m, m)))  # + T[m, h + col_n]
+    terms = gather_bits(logits, positions.query_index.unsqueeze(1).expand(-1, heads, -1, -1))  # (B', heads, M, h + w)
+    bias = gather_bits(terms, positions.key_rows.expand(b, heads, m, m))  # (B', heads, M, M): T[m, row_n]
+    bias = bias.add_(gather_bits(terms, positions.key_cols.expand(b, heads, m, m)))  # + T[m, h + col_n]
     return bias if positions.log_size is None else bias.add_(positions.log_size.to(q.dtype))
 
 

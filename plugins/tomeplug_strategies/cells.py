@@ -75,6 +75,7 @@ def cell_plan(
     src_score: Tensor | None = None,
     strategy: str = "",
     valid: Tensor | None = None,
+    similarity: Tensor | None = None,
 ) -> MergePlan:
     """Destinations per 2x2 cell, then bipartite matching of the other tokens onto them.
 
@@ -88,6 +89,7 @@ def cell_plan(
             non-destination tokens are sources (all of them merge) and the others are protected.
         strategy: the strategy's name, for the error message.
         valid: (B', N) bool padding mask passed on to :func:`bipartite_plan`, or None.
+        similarity: the metric's (B', N, N) cosine similarities passed on to :func:`bipartite_plan`, or None.
     """
     b, n, _ = metric.shape
     dst = cell_destinations(dst_score, grid)  # (B', cells)
@@ -100,10 +102,11 @@ def cell_plan(
         )
     rest = complement(dst, n)  # (B', N - cells)
     if src_score is None:
-        return bipartite_plan(metric, rest, dst, n_merge, valid=valid)
+        return bipartite_plan(metric, rest, dst, n_merge, valid=valid, similarity=similarity)
     order = src_score.gather(1, rest).argsort(dim=1, descending=True, stable=True)
     ranked = rest.gather(1, order)  # non-destinations, highest score first
-    return bipartite_plan(metric, ranked[:, :n_merge], dst, n_merge, protected=ranked[:, n_merge:], valid=valid)
+    src, protected = ranked[:, :n_merge], ranked[:, n_merge:]
+    return bipartite_plan(metric, src, dst, n_merge, protected=protected, valid=valid, similarity=similarity)
 
 
 @attrs.frozen(kw_only=True)

@@ -5,21 +5,23 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from tomeplug.matching import cosine_similarity
 
-def pitome_energy(metric: Tensor, margin: float, alpha: float) -> Tensor:
+
+def pitome_energy(metric: Tensor, margin: float, alpha: float, similarity: Tensor | None = None) -> Tensor:
     """E_i = mean_j f(cos(x_i, x_j) - margin), f(s) = s for s >= 0 and alpha * (exp(s) - 1) below (ELU).
 
     High energy: a token close to many others (redundant, safe to merge); low energy: an isolated,
     informative token. The mean runs over all j, i itself included. Zero vectors (SAM's padded window
-    tokens) have cosine 0 with everything (``F.normalize`` maps them to zero), never NaN.
+    tokens) have cosine 0 with everything, never NaN.
 
     Args:
         metric: (B', N, C) similarity features.
         margin: m, the cosine similarity above which a pair counts as redundant.
         alpha: the ELU's scale for pairs below the margin.
+        similarity: the (B', N, N) float32 cosine similarities of ``metric``, if already computed.
     Returns:
         (B', N) float32 energies.
     """
-    x = F.normalize(metric.float(), dim=-1)
-    sim = x @ x.transpose(1, 2)  # (B', N, N) cosine similarities
+    sim = cosine_similarity(metric.float()) if similarity is None else similarity  # (B', N, N)
     return F.elu(sim - margin, alpha=alpha).mean(dim=-1)

@@ -20,7 +20,7 @@ import attrs
 from torch import Tensor
 
 from tomeplug.config import StrategyConfig
-from tomeplug.matching import bipartite_plan
+from tomeplug.matching import bipartite_plan, cosine_similarity
 from tomeplug.plan import MergePlan
 from tomeplug_strategies.cells import CELL_MAX_R, CELL_MAX_R_REASON, cell_plan
 from tomeplug_strategies.energy import pitome_energy
@@ -60,13 +60,15 @@ class PiToMeConfig(StrategyConfig):
         n_merge = self.num_to_merge(n)
         if n_merge == 0:
             return MergePlan.identity(b, n, metric.device)
-        energy = self.energy(metric)  # (B', N)
+        similarity = cosine_similarity(metric.float())  # (B', N, N) once: energy and matching share it
+        energy = pitome_energy(metric, self.margin, self.alpha, similarity)  # (B', N)
         if self.cell_destinations:
             src_score = energy if self.protect_low_energy else None
-            return cell_plan(metric, grid, n_merge, energy, src_score, strategy=self.name, valid=valid)
+            return cell_plan(metric, grid, n_merge, energy, src_score, self.name, valid, similarity)
         order = energy.argsort(dim=1, descending=True, stable=True)  # (B', N) highest energy first
         src, dst = order[:, 0 : 2 * n_merge : 2], order[:, 1 : 2 * n_merge : 2]  # alternate by energy rank
-        return bipartite_plan(metric, src, dst, n_merge, protected=order[:, 2 * n_merge :], valid=valid)
+        protected = order[:, 2 * n_merge :]
+        return bipartite_plan(metric, src, dst, n_merge, protected=protected, valid=valid, similarity=similarity)
 
 
 @attrs.frozen(kw_only=True)
