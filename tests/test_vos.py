@@ -141,3 +141,11 @@ def test_sav_item_writes_one_png_per_object(predictor, dataset, tmp_path: Path):
     assert written == sorted(f"vid/{o}/{n}.png" for o in objects for n in sav_item.frame_names)
     assert sorted(result.masks[1]) == sav_item.object_ids
     assert same_masks(read_predictions(tmp_path / "out", sav_item), result.masks)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_sam2_progress_bars_follow_the_progress_option(predictor, dataset, capsys, progress):
+    first = run_vos(predictor, dataset[0], progress=progress)
+    err = capsys.readouterr().err
+    assert ("propagate in video" in err) == progress and ("frame loading" in err) == progress
+    assert same_masks(run_vos(predictor, dataset[0]).masks, first.masks)  # the bars change nothing else

@@ -67,7 +67,7 @@ class VideoTask(Task):
         try:
             if source is None:
                 with self._autocast():
-                    run_vos(self.model, self.dataset[index], output_dir=scratch)
+                    run_vos(self.model, self.dataset[index], output_dir=scratch, progress=self.setup.cfg.progress)
             else:
                 shutil.copytree(source / name, scratch / name)
             os.replace(scratch / name, self.reference_dir / name)  # the folder exists only complete
@@ -99,7 +99,7 @@ class VideoTask(Task):
             for index in indices:
                 item = self.dataset[index]
                 with PeakMemory(self.setup.device) as meter, self._autocast():
-                    result = run_vos(self.model, item, output_dir=self.prediction_dir)
+                    result = run_vos(self.model, item, output_dir=self.prediction_dir, progress=self.setup.cfg.progress)
                 if baseline and not self._has_reference(index):
                     self._save_reference(index, source=self.prediction_dir)
                 reference = result.masks if baseline else read_predictions(self.reference_dir, item)

@@ -10,10 +10,14 @@ tokens in its image encoder; everything else runs as upstream.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import attrs
 import numpy as np
@@ -115,12 +119,28 @@ def _track(predictor: nn.Module, state: dict[str, Any], item: VideoItem) -> Mask
     return {f: _consolidate(o, item.object_ids, item.size, predictor.non_overlap_masks) for f, o in outputs.items()}
 
 
+@contextlib.contextmanager
+def sam2_progress_bars(show: bool) -> Iterator[None]:
+    """SAM 2's own tqdm bars (frame loading, propagation) shown, or silenced for the duration."""
+    if show:
+        yield
+        return
+    import sam2.sam2_video_predictor
+    import sam2.utils.misc
+    from tqdm import tqdm
+
+    quiet = functools.partial(tqdm, disable=True)
+    with mock.patch.object(sam2.sam2_video_predictor, "tqdm", quiet), mock.patch.object(sam2.utils.misc, "tqdm", quiet):
+        yield
+
+
 def run_vos(
     predictor: nn.Module,
     item: VideoItem,
     output_dir: str | Path | None = None,
     non_overlap: bool | None = None,
     offload_video_to_cpu: bool = False,
+    progress: bool = True,
 ) -> VOSResult:
     """Segment every object of ``item`` through the video with a (possibly patched) ``SAM2VideoPredictor``.
 
@@ -131,12 +151,13 @@ def run_vos(
             ids) or, for SA-V items, ``<output_dir>/<name>/<obj:03d>/<frame>.png``.
         non_overlap: SAM 2's ``non_overlap_masks`` for this run; default: on unless ``item.per_object_png``.
         offload_video_to_cpu: keep the decoded frames on the CPU (``init_state``'s option).
+        progress: show SAM 2's own progress bars (frame loading, propagation).
     """
     non_overlap = not item.per_object_png if non_overlap is None else non_overlap
     saved, predictor.non_overlap_masks = predictor.non_overlap_masks, non_overlap
     start = time.perf_counter()
     try:
-        with EncoderTimer(predictor.image_encoder) as timer, torch.inference_mode():
+        with EncoderTimer(predictor.image_encoder) as timer, torch.inference_mode(), sam2_progress_bars(progress):
             state = predictor.init_state(str(item.frame_dir), offload_video_to_cpu=offload_video_to_cpu)
             got = (state["num_frames"], (state["video_height"], state["video_width"]))
             if got != (item.num_frames, item.size):
