@@ -199,7 +199,7 @@ def test_toy_adapter_conforms(strategy_name):
 
 @pytest.mark.parametrize(
     ("adapter", "message"),
-    [(IdleToyAdapter(), "left the output unchanged"), (ScalingToyAdapter(), "r=0 changed the output")],
+    [(IdleToyAdapter(), "left the output unchanged"), (ScalingToyAdapter(), "r=0 in scope 'attn' changed the output")],
 )
 def test_broken_adapter_fails(adapter, message):
     with pytest.raises(AssertionError, match=message):
