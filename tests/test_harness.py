@@ -11,13 +11,17 @@ from pathlib import Path
 
 import attrs
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.singleton import Singleton
+from tiny_models import tiny_sam_encoder
 
+import tomeplug
 from tomeplug_eval import image_task, runner, tables
 from tomeplug_eval.results import ItemCache, ResultsFile
 from tomeplug_eval.sam_models import CheckpointError
+from tomeplug_eval.speed_check import interleaved_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS, CONF = ROOT / "eval" / "harness.py", ROOT / "eval" / "conf"
@@ -125,6 +129,25 @@ def test_every_merge_scope_reports_fidelity_and_flops(tmp_path, model):
         assert 0.0 < record["metrics"]["emb_cos"] < 1.0 and 0.0 <= record["metrics"]["fid_iou"] <= 1.0, scope
     assert records["block"]["flops"]["ratio"] < records["attn"]["flops"]["ratio"] < 1.0
     assert records["span"]["flops"]["ratio"] <= records["block"]["flops"]["ratio"] + 1e-3
+
+
+def test_speed_rounds_time_the_run_against_its_unpatched_copy(tmp_path):
+    record = run(tmp_path, "strategy=tome", "speed_rounds=2", "limit=1", "flops=false")
+    speed = record["latency"]["interleaved"]
+    assert speed["rounds"] == 2 and speed["dense_s"] > 0 and speed["patched_s"] > 0
+    assert speed["speedup"] == pytest.approx(speed["dense_s"] / speed["patched_s"])
+    assert tables.rows([record])[0]["speedup"] == pytest.approx(speed["speedup"])  # no baseline run needed
+    baseline = run(tmp_path, "strategy=none", "speed_rounds=2", "limit=1", "flops=false")
+    assert "interleaved" not in baseline["latency"]  # the unmerged model has nothing to be compared with
+
+
+def test_interleaved_speed_leaves_the_patch_and_needs_one():
+    encoder, image = tiny_sam_encoder(), torch.randn(1, 3, 256, 256)
+    with pytest.raises(ValueError, match="not patched"):
+        interleaved_speed(encoder, (image,), rounds=1)
+    handle = tomeplug.patch(encoder, "tome", r=0.5)
+    speed = interleaved_speed(encoder, (image,), rounds=1, warmup=0)
+    assert speed["rounds"] == 1 and speed["speedup"] > 0 and tomeplug.active_patch(encoder) is handle
 
 
 def test_bad_paths_and_checkpoints_give_clear_errors(tmp_path):

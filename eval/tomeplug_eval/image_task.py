@@ -72,7 +72,7 @@ class ImageTask(Task):
         """Masks and embeddings for a batch; the encoder's seconds per image and (if metered) its peak MiB."""
         seg, keep_aspect = self.segmenter, bool(self.setup.cfg.keep_aspect)
         resized = [resize_item(item, seg.input_size, keep_aspect) for item in items]
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             batch = seg.preprocess([r.image for r in resized])
             for _ in range(warmup):
                 seg.encode(batch)

@@ -25,6 +25,7 @@ from .report import write_reports
 from .results import ItemCache, ResultsFile, locked
 from .run_spec import RunSpec, plain, resolve
 from .sam_models import RandomWeightsWarning, build_model, default_checkpoint, model_spec
+from .speed_check import interleaved_speed
 from .tasks import Task, TaskSetup, task_class
 
 
@@ -107,6 +108,10 @@ def run(cfg: Any) -> dict[str, Any] | None:
         cache.append(record)
         done[record["index"]] = record
     gathered = distributed.gather(list(done.values()), world)
+    speed = None
+    if world.is_main and handle is not None and cfg.speed_rounds:
+        encoder, inputs = task.flops_input()
+        speed = interleaved_speed(encoder, inputs, int(cfg.speed_rounds), int(cfg.warmup), task.autocast)
     if handle is not None:
         handle.remove()
     if not world.is_main:
@@ -136,6 +141,8 @@ def run(cfg: Any) -> dict[str, Any] | None:
         "versions": versions(),
         "config": plain(cfg),
     }
+    if speed is not None:
+        record["latency"] = {**record["latency"], "interleaved": speed}
     record = json.loads(json.dumps(record))  # as stored: JSON keys and types
     with locked(output_dir):
         write_reports(results.add(record), output_dir)

@@ -43,7 +43,8 @@ def _baseline_key(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per record: identity, parameters, metrics, costs (with speedup against ``none``)."""
+    """One flat row per record: identity, parameters, metrics, costs (speedup: the run's own interleaved
+    check where it made one, else its latency against the ``none`` run's)."""
     baselines = {_baseline_key(r): r for r in records if r.get("strategy") == "none"}
     out = []
     for r in records:
@@ -51,6 +52,7 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         base = baselines.get(_baseline_key(r))
         base_s = ((base or {}).get("latency") or {}).get("encoder_s")
         own_s = latency.get("encoder_s")
+        interleaved = (latency.get("interleaved") or {}).get("speedup")  # this run's own ABBA timing
         row = {key: r.get(key) for key in IDENTITY} | {"schedule": schedule_label(r)}
         row["params"] = json.dumps(r.get("params") or {}, sort_keys=True)
         row.update(r.get("metrics") or {})
@@ -60,7 +62,7 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             flops_ratio=flops.get("ratio"),
             overhead_g=flops.get("overhead_g"),
             latency_ms=None if own_s is None else 1000 * own_s,
-            speedup=base_s / own_s if base_s and own_s else None,
+            speedup=interleaved or (base_s / own_s if base_s and own_s else None),
             peak_mem_mb=r.get("peak_mem_mb"),
             images=r.get("images", r.get("frames")),  # encoder images: a video frame is one
             objects=r.get("objects"),

@@ -70,7 +70,7 @@ class Task:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
         """The run's ``dtype`` as autocast (nothing for float32)."""
         dtype = getattr(torch, str(self.setup.cfg.dtype))
         if dtype == torch.float32:

@@ -66,7 +66,7 @@ class VideoTask(Task):
         scratch = Path(tempfile.mkdtemp(prefix=".ref-", dir=self.reference_dir))
         try:
             if source is None:
-                with self._autocast():
+                with self.autocast():
                     run_vos(self.model, self.dataset[index], output_dir=scratch, progress=self.setup.cfg.progress)
             else:
                 shutil.copytree(source / name, scratch / name)
@@ -87,7 +87,7 @@ class VideoTask(Task):
 
     def _warmup(self) -> None:
         encoder, frame = self.flops_input()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             for _ in range(int(self.setup.cfg.warmup)):
                 encoder(*frame)
 
@@ -98,7 +98,7 @@ class VideoTask(Task):
         with self._progress(len(indices), "eval") as bar:
             for index in indices:
                 item = self.dataset[index]
-                with PeakMemory(self.setup.device) as meter, self._autocast():
+                with PeakMemory(self.setup.device) as meter, self.autocast():
                     result = run_vos(self.model, item, output_dir=self.prediction_dir, progress=self.setup.cfg.progress)
                 if baseline and not self._has_reference(index):
                     self._save_reference(index, source=self.prediction_dir)
