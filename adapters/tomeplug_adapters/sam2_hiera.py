@@ -18,10 +18,10 @@ How much of the trunk runs on merged tokens is the config's ``scope``:
 
 Stage-transition blocks pool the queries (``q_pool``, a 2x2 max pool of q): their output has one row
 per pooled query, so there is nothing to unmerge, and their residual changes channels. In every scope
-they merge keys and values only: q is computed from
-the unmerged tokens and pooled as upstream does (max pooling does not commute with averaging), k and v
-are computed from the merged tokens (exactly the merge of per-token k and v: qkv is affine and a merge
-is an average), and every pooled query attends over the merged keys.
+they merge keys and values only: q is computed from the unmerged tokens and pooled as upstream does
+(max pooling does not commute with averaging), k and v are computed from the merged tokens (exactly
+the merge of per-token k and v: qkv is affine and a merge is an average), and every pooled query
+attends over the merged keys.
 
 The metric and the padding option are the shared ones (:func:`tomeplug.metric.plan_merge`): the
 attention input (in a q-pooling block, its fewer input channels) or the keys, averaged over heads. The
