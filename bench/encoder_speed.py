@@ -157,7 +157,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=list(MODELS), default="vit_l", help="hiera_l: SAM 2.1; tiny*: smoke runs")
     parser.add_argument("--strategy", default="tome")
-    parser.add_argument("--layers", default=None, help="paper | vitb | all | windowed | 0,4,5 (default: paper)")
+    layers_help = "paper | vitb | all | windowed | 0,4,5 (default: vitb for vit_b, all for tiny*, else paper)"
+    parser.add_argument("--layers", default=None, help=layers_help)
     parser.add_argument("--r", type=float, default=0.5)
     parser.add_argument("--scope", choices=["attn", "block", "span"], default="attn")
     parser.add_argument("--exclude-padding", action="store_true")

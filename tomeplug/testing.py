@@ -178,10 +178,7 @@ def check_adapter(
             expect(_equal(_run(run, model, inputs), reference), f"{name}: r=0 in scope {scope!r} changed the output")
         with patch(model, strategy, adapter=adapter, **{**scoped, "r": r}):
             merged = _run(run, model, inputs)
-        where = f"{name}: merging every block in scope {scope!r}"
-        expect([t.shape for t in merged] == [t.shape for t in reference], f"{where} changed the output shapes")
-        expect(all(t.isfinite().all() for t in merged if t.is_floating_point()), f"{where} gave non-finite output")
-        expect(not _equal(merged, reference), f"{where} with r={r} left the output unchanged")
+        _expect_merged(merged, reference, f"{name}: merging every block in scope {scope!r} with r={r}")
         expect([type(m) for m in model.modules()] == classes, f"{name}: unpatching scope {scope!r} left classes")
         expect(_equal(_run(run, model, inputs), reference), f"{name}: unpatching scope {scope!r} changed the output")
     selected = sorted({0, len(blocks) - 1})
@@ -193,9 +190,7 @@ def check_adapter(
         expect(index not in selected or handle.schedule[index] in configs, f"{name}: block {index} lacks its config")
     expect(_equal(_state(model), state), f"{name}: patching changed the state_dict")
     merged = _run(run, model, inputs)
-    expect([t.shape for t in merged] == [t.shape for t in reference], f"{name}: merging changed the output shapes")
-    expect(all(t.isfinite().all() for t in merged if t.is_floating_point()), f"{name}: non-finite output")
-    expect(not _equal(merged, reference), f"{name}: patching blocks {selected} with r={r} left the output unchanged")
+    _expect_merged(merged, reference, f"{name}: patching blocks {selected} with r={r}")
     again = patch(model, strategy, layers=selected, adapter=adapter, r=r, **params)
     expect(_equal(_run(run, model, inputs), merged), f"{name}: patching twice differs from patching once")
     handle.remove()  # replaced by the second patch: a no-op
@@ -212,6 +207,13 @@ def check_adapter(
 
         expect_raises(error, bad, f"{name}: the schedule {layers} must raise {error.__name__}")
         expect(not any(is_swapped(m) for m in model.modules()), f"{name}: a rejected schedule left modules patched")
+
+
+def _expect_merged(merged: list[Tensor], reference: list[Tensor], where: str) -> None:
+    """A merged output keeps the reference's shapes, is finite, and differs from it."""
+    expect([t.shape for t in merged] == [t.shape for t in reference], f"{where} changed the output shapes")
+    expect(all(t.isfinite().all() for t in merged if t.is_floating_point()), f"{where} gave non-finite output")
+    expect(not _equal(merged, reference), f"{where} left the output unchanged")
 
 
 def _plan(config: StrategyConfig, metric: Tensor, grid: tuple[int, int], where: str) -> MergePlan:

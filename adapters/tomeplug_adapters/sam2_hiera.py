@@ -39,11 +39,11 @@ from torch import nn
 from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
 from tomeplug.config import StrategyConfig
-from tomeplug_adapters.sam2_hiera_attention import MergingMultiScaleAttention, attend, merged_attention
+from tomeplug_adapters.sam2_hiera_attention import MergingMultiScaleAttention, merged_attention
 from tomeplug_adapters.sam2_hiera_scopes import MergingHiera, MergingHieraBlock, keeps_shape
 from tomeplug_adapters.windowed_scopes import span_runs
 
-__all__ = ["MergingMultiScaleAttention", "Sam2HieraAdapter", "attend", "hiera_trunk", "merged_attention"]
+__all__ = ["MergingMultiScaleAttention", "Sam2HieraAdapter", "hiera_trunk", "merged_attention"]
 
 SAM2_BASE = "sam2.modeling.sam2_base.SAM2Base"
 IMAGE_ENCODER = "sam2.modeling.backbones.image_encoder.ImageEncoder"

@@ -20,6 +20,11 @@ def _mask(log_size: Tensor | None, q: Tensor) -> Tensor | None:
     return None if log_size is None else log_size.to(q.dtype)
 
 
+def proportional_bias(plan: MergePlan, prop_attn: bool) -> Tensor | None:
+    """The (B', 1, 1, M) proportional-attention bias ``log(size)`` of a plan's merged keys, or None."""
+    return plan.size.log()[:, None, None, :] if prop_attn else None
+
+
 def attend(attn: nn.Module, merged: Tensor, log_size: Tensor | None) -> Tensor:
     """Hiera's attention (no q-pooling) over merged tokens: (B', M, C) -> (B', M, C_out), projection included.
 
@@ -48,7 +53,7 @@ def merged_attention(attn: nn.Module, x: Tensor, plan: MergePlan, prop_attn: boo
     tokens = x.reshape(b, h * w, c)
     merged = plan.merge(tokens)  # (B', M, C)
     m = merged.shape[1]
-    log_size = plan.size.log()[:, None, None, :] if prop_attn else None  # (B', 1, 1, M)
+    log_size = proportional_bias(plan, prop_attn)  # (B', 1, 1, M) or None
     if attn.q_pool is None:
         return plan.unmerge(attend(attn, merged, log_size)).reshape(b, h, w, d)  # projection before the unmerge
     weight, bias = attn.qkv.weight, attn.qkv.bias  # rows: q, k, v, each (heads x hd)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from tomeplug.plan import MergePlan
-from tomeplug_adapters.sam2_hiera_attention import attend
+from tomeplug_adapters.sam2_hiera_attention import attend, proportional_bias
 from tomeplug_adapters.windowed_scopes import MergingWindowedBlock, run_blocks
 
 
@@ -26,8 +26,8 @@ class MergingHieraBlock(MergingWindowedBlock):
     """Mixin over Hiera's ``MultiScaleBlock`` (scopes ``block`` and ``span``): attention and MLP on merged tokens."""
 
     def merged_context(self, plan: MergePlan, grid: tuple[int, int], dtype: torch.dtype) -> Tensor | None:
-        """The proportional-attention bias (B', 1, 1, M), or None."""
-        return plan.size.log().to(dtype)[:, None, None, :] if self.tomeplug_config.prop_attn else None
+        """The proportional-attention bias (B', 1, 1, M), or None (``attend`` casts it to the queries' dtype)."""
+        return proportional_bias(plan, self.tomeplug_config.prop_attn)
 
     def merged_attend(self, tokens: Tensor, context: Tensor | None) -> Tensor:
         """Hiera's attention over merged tokens."""

@@ -29,8 +29,6 @@ from .sam_models import model_spec
 from .segmenters import Segmenter, make_segmenter
 from .tasks import Task, TaskSetup
 
-DATASET_KEYS = ("name", "task")  # the dataset node's other keys are the loader's options
-
 
 def object_box(resized: np.ndarray, original: np.ndarray) -> np.ndarray:
     """The tight box of a resized mask; if resizing erased a tiny object, its original box scaled."""
@@ -50,8 +48,7 @@ class ImageTask(Task):
     def __init__(self, setup: TaskSetup) -> None:
         super().__init__(setup)
         cfg = setup.cfg
-        options = {k: v for k, v in dict(cfg.dataset).items() if k not in DATASET_KEYS}
-        self.dataset = load_dataset(cfg.dataset.name, cfg.data_root, **options)
+        self.dataset = load_dataset(cfg.dataset.name, cfg.data_root, **self.dataset_options())
         self.references = ReferenceCache(setup.output_dir, setup.spec.reference_key)
         self.segmenter: Segmenter | None = None
         if cfg.keep_aspect and model_spec(setup.spec.model).family == "sam2":

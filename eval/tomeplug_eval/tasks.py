@@ -70,6 +70,10 @@ class Task:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def dataset_options(self) -> dict[str, Any]:
+        """The dataset loader's options: the dataset config node without its ``name`` and ``task``."""
+        return {k: v for k, v in dict(self.setup.cfg.dataset).items() if k not in ("name", "task")}
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's ``dtype`` as autocast (nothing for float32)."""
         dtype = getattr(torch, str(self.setup.cfg.dtype))

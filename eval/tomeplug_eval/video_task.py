@@ -27,7 +27,6 @@ from .sam_models import model_spec
 from .tasks import Task, TaskSetup
 from .video import load_video_dataset, read_predictions, run_vos, summarize_video_records, video_record
 
-DATASET_KEYS = ("name", "task")  # the dataset node's other keys are the loader's options
 VIDEO_PREDICTOR = "sam2.sam2_video_predictor.SAM2VideoPredictor"
 METRICS = ("J", "F", "J&F", "fidelity_J")
 
@@ -47,8 +46,7 @@ class VideoTask(Task):
                 f"video datasets need a SAM 2 model; got {spec.model} (dataset {cfg.dataset.name!r}: use e.g. "
                 f"model=sam2.1_hiera_l, or model=sam2_tiny for a smoke run)"
             )
-        options = {k: v for k, v in dict(cfg.dataset).items() if k not in DATASET_KEYS}
-        self.dataset = load_video_dataset(str(cfg.dataset.name), cfg.data_root, **options)
+        self.dataset = load_video_dataset(str(cfg.dataset.name), cfg.data_root, **self.dataset_options())
         self.reference_dir = Path(setup.output_dir) / "cache" / "reference" / spec.reference_key
         self.prediction_dir = Path(setup.output_dir) / "predictions" / spec.items_key
 

@@ -50,9 +50,9 @@ class PiToMeConfig(StrategyConfig):
         default=1.0, validator=real_in(0.0, math.inf, "the energy's ELU scale below the margin", open_low=True)
     )
 
-    def energy(self, metric: Tensor) -> Tensor:
-        """(B', N) PiToMe energy of every token; high = redundant."""
-        return pitome_energy(metric, self.margin, self.alpha)
+    def energy(self, metric: Tensor, similarity: Tensor | None = None) -> Tensor:
+        """(B', N) PiToMe energy of every token; high = redundant (``similarity``: the metric's, if computed)."""
+        return pitome_energy(metric, self.margin, self.alpha, similarity)
 
     def plan(self, metric: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> MergePlan:
         """Merge floor(r * N) high-energy tokens, by this variant's choice of sources and destinations."""
@@ -61,7 +61,7 @@ class PiToMeConfig(StrategyConfig):
         if n_merge == 0:
             return MergePlan.identity(b, n, metric.device)
         similarity = cosine_similarity(metric.float())  # (B', N, N) once: energy and matching share it
-        energy = pitome_energy(metric, self.margin, self.alpha, similarity)  # (B', N)
+        energy = self.energy(metric, similarity)  # (B', N)
         if self.cell_destinations:
             src_score = energy if self.protect_low_energy else None
             return cell_plan(metric, grid, n_merge, energy, src_score, self.name, valid, similarity)
