@@ -8,7 +8,7 @@ finds the adapter by ``matches`` and every registered strategy works with it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 import torch
@@ -19,7 +19,9 @@ import tomeplug
 from tomeplug.__main__ import format_listing
 from tomeplug.adapter import class_path
 from tomeplug.classswap import swap_class
-from tomeplug.config import StrategyConfig
+from tomeplug.metric import plan_merge
+from tomeplug.plan import log_size_bias
+from tomeplug.setting import Setting
 from tomeplug.testing import check_adapter
 
 GRID = (5, 6)  # odd height: 2x2 cells at the edge are partial
@@ -75,17 +77,16 @@ class ToyTransformer(nn.Module):
 
 
 class MergingToyAttention(nn.Module):
-    """Mixin over ``ToyAttention``: plan with the block's config, attend over merged tokens, unmerge."""
+    """Mixin over ``ToyAttention``: plan with the block's setting, attend over merged tokens, unmerge."""
 
-    tomeplug_config: StrategyConfig
+    tomeplug_setting: Setting
 
     def forward(self, x: Tensor) -> Tensor:
-        config = self.tomeplug_config
-        if config.num_to_merge(x.shape[1]) == 0:
+        setting = self.tomeplug_setting
+        if setting.num_to_merge(x.shape[1]) == 0:
             return super().forward(x)  # r = 0 runs the original code: bit-exact
-        with torch.no_grad():
-            plan = config.plan(x, self.grid)
-        bias = plan.size.log().to(x.dtype)[:, None, None, :] if config.prop_attn else None  # (B, 1, 1, M)
+        plan = plan_merge(setting, x, self.qkv, self.heads, self.grid)  # honours metric= and exclude_padding=
+        bias = log_size_bias(plan.size, x.dtype) if setting.prop_attn else None  # (B, 1, 1, M)
         return plan.unmerge(self.attend(plan.merge(x), bias))
 
 
@@ -102,10 +103,11 @@ class ToyAdapter(tomeplug.Adapter):
         """The model's blocks in forward order."""
         return list(model.blocks)
 
-    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap the block's attention for the merging one."""
-        swap_class(block.attn, MergingToyAttention)
-        block.attn.tomeplug_config = config
+        attn = model.blocks[index].attn
+        swap_class(attn, MergingToyAttention)
+        attn.tomeplug_setting = schedule[index]
 
 
 class IdleToyAttention(nn.Module):
@@ -120,9 +122,8 @@ class IdleToyAdapter(ToyAdapter):
 
     name = "idle_toy"
 
-    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
-        swap_class(block.attn, IdleToyAttention)
-        block.attn.tomeplug_config = config
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
+        swap_class(model.blocks[index].attn, IdleToyAttention)
 
 
 class ScalingToyAdapter(ToyAdapter):
@@ -130,10 +131,10 @@ class ScalingToyAdapter(ToyAdapter):
 
     name = "scaling_toy"
 
-    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
-        super().patch_block(block, config)
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
+        super().patch_block(model, index, schedule)
         with torch.no_grad():
-            block.attn.proj.weight.mul_(2.0)
+            model.blocks[index].attn.proj.weight.mul_(2.0)
 
 
 @tomeplug.hookimpl

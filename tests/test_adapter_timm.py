@@ -225,5 +225,6 @@ def test_errors(registry):
         tomeplug.patch(tiny_vit(attn_layer="diff"), "tome", r=0.5)
     with pytest.raises(TypeError, match="cannot handle"):
         registry.adapters["timm_vit"].obj.blocks(tiny_samvit())
-    with pytest.raises(ValueError, match="blocks\\(model\\)"):
-        registry.adapters["timm_vit"].obj.patch_block(tiny_vit().blocks[0], registry.strategy("tome")(r=0.5))
+    adapter, vit = registry.adapters["timm_vit"].obj, tiny_vit()
+    adapter.patch_block(vit, 0, {0: tomeplug.Setting(strategy=registry.strategy("tome")(r=0.5))})  # no blocks() first
+    assert vit.blocks[0].attn.tomeplug_layout.prefix == PREFIX and not vars(adapter)  # the adapter keeps no state

@@ -68,7 +68,8 @@ def test_r_wrong_type(encoder):
 def test_unknown_parameter_lists_known(encoder):
     with pytest.raises(
         TypeError,
-        match=r"strategy 'tome' has no parameter 'margn'; its parameters are: r, prop_attn, metric, scope, exclude_",
+        match=r"strategy 'tome' has no parameter 'margn'; its parameters are: r; every strategy also takes the "
+        r"options: scope, metric, prop_attn, exclude_padding",
     ):
         tomeplug.patch(encoder, "tome", margn=0.5)
 
@@ -102,7 +103,7 @@ def test_adapter_that_patches_nothing_is_an_error(encoder):
         def blocks(self, model):
             return list(model.blocks)
 
-        def patch_block(self, block, config):
+        def patch_block(self, model, index, schedule):
             pass
 
     with pytest.raises(RuntimeError, match="adapter 'lazy' patched nothing in block 0"):

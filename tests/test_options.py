@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_models import tiny_sam_encoder
+from torch import nn
 
 import tomeplug
 from tomeplug.metric import head_mean, key_features, padding_mask, plan_merge
@@ -14,6 +15,10 @@ from tomeplug_adapters.sam_vit import merged_attention
 
 def config_for(name, **params):
     return tomeplug.get_registry().strategy(name)(**params)
+
+
+def setting_for(name, r, **options):
+    return tomeplug.Setting(strategy=config_for(name, r=r), **options)
 
 
 def test_key_features_are_the_k_slice_of_qkv():
@@ -27,10 +32,10 @@ def test_key_features_are_the_k_slice_of_qkv():
 def test_plan_uses_the_chosen_metric(strategy_name, metric):
     attn = tiny_sam_encoder().blocks[0].attn
     tokens = torch.randn(4, 25, 64, generator=torch.Generator().manual_seed(0))
-    config = config_for(strategy_name, r=0.4, metric=metric)
+    setting = setting_for(strategy_name, 0.4, metric=metric)
     features = tokens if metric == "input" else key_features(tokens, attn.qkv)
-    expected = config.plan(head_mean(features, 4), (5, 5))
-    plan = plan_merge(config, tokens, attn.qkv, 4, (5, 5))
+    expected = setting.strategy.plan(head_mean(features, 4), (5, 5))
+    plan = plan_merge(setting, tokens, attn.qkv, 4, (5, 5))
     assert torch.equal(plan.assignment, expected.assignment) and torch.equal(plan.kept, expected.kept)
 
 
@@ -57,11 +62,11 @@ def padded_windows(seed=0):
 
 @pytest.mark.parametrize("r", [0.2, 0.5])
 def test_exclude_padding_never_mixes_padding_and_real_tokens(strategy_name, r):
-    config = config_for(strategy_name, r=r, exclude_padding=True)
+    setting = setting_for(strategy_name, r, exclude_padding=True)
     tokens = padded_windows()
     valid = padding_mask(tokens)
     assert valid.sum(1).tolist() == [12] * 4
-    plan = config.plan(head_mean(tokens, 2), (5, 5), valid=valid)
+    plan = plan_merge(setting, tokens, nn.Linear(16, 48), 2, (5, 5))  # the mask is found from the zero tokens
     slot_has_real = torch.zeros(plan.kept.shape, dtype=torch.long).scatter_add_(1, plan.assignment, valid.long())
     slot_has_pad = torch.zeros(plan.kept.shape, dtype=torch.long).scatter_add_(1, plan.assignment, (~valid).long())
     assert not ((slot_has_real > 0) & (slot_has_pad > 0)).any()
@@ -98,7 +103,9 @@ def test_exclude_padding_needs_a_supporting_strategy():
         name = "plain"
 
     with pytest.raises(ValueError, match="strategy 'plain' cannot exclude padding"):
-        Plain(exclude_padding=True)
+        tomeplug.Setting(strategy=Plain(), exclude_padding=True)
+    with pytest.raises(ValueError, match="strategy 'plain' cannot exclude padding"):
+        tomeplug.patch(tiny_sam_encoder(), Plain(), exclude_padding=True)
 
 
 def test_proportional_attention_makes_exact_duplicates_invisible():

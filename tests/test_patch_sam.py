@@ -98,14 +98,15 @@ def test_mixed_schedule_per_block(image):
     encoder = tiny_sam_encoder()
     config = tomeplug.get_registry().strategy("tome")(r=0.1)
     handle = tomeplug.patch(encoder, layers={0: "tome", 2: config, 3: {"strategy": "tome", "r": 0.2}}, r=0.4)
-    rs = {i: c.r for i, c in handle.schedule.items()}
+    rs = {i: s.strategy.r for i, s in handle.schedule.items()}
     assert rs == {0: 0.4, 2: 0.4, 3: 0.4}  # params override every entry
     handle = tomeplug.patch(encoder, layers={0: "tome", 2: config, 3: {"strategy": "tome", "r": 0.2}})
-    assert {i: c.r for i, c in handle.schedule.items()} == {0: 0.5, 2: 0.1, 3: 0.2}
-    assert encoder.blocks[2].attn.tomeplug_config.r == 0.1
+    assert {i: s.strategy.r for i, s in handle.schedule.items()} == {0: 0.5, 2: 0.1, 3: 0.2}
+    assert encoder.blocks[2].attn.tomeplug_setting.strategy.r == 0.1
     assert type(encoder.blocks[1].attn).__name__ == "Attention"
     assert torch.isfinite(encode(encoder, image)).all()
-    assert handle.to_dict()["layers"][2] == {"strategy": "tome", **attrs.asdict(config)}
+    options = {"scope": "attn", "metric": "input", "prop_attn": False, "exclude_padding": False}
+    assert handle.to_dict()["layers"][2] == {"strategy": "tome", **attrs.asdict(config), **options}
 
 
 @pytest.mark.parametrize("prop_attn", [False, True])
@@ -179,7 +180,7 @@ def test_patched_model_loads_in_a_fresh_process(tmp_path):
     code = (
         "import torch; from tomeplug.torchvision_compat import ensure_torchvision; ensure_torchvision(); "
         f"m = torch.load(r'{tmp_path / 'model.pt'}', weights_only=False); "
-        "print(type(m.blocks[1].attn).__mro__[2].__name__, m.blocks[1].attn.tomeplug_config.r)"
+        "print(type(m.blocks[1].attn).__mro__[2].__name__, m.blocks[1].attn.tomeplug_setting.strategy.r)"
     )
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["Attention", "0.3"]

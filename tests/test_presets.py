@@ -28,17 +28,19 @@ def deep_encoder():
 def test_paper_preset_on_vit_l_depth(deep_encoder):
     handle = tomeplug.patch(deep_encoder, "pitome", layers="paper")
     assert list(handle.schedule) == PAPER_VIT_L
-    config = handle.schedule[0]
+    config = handle.schedule[0].strategy
     assert (config.r, config.margin, config.alpha) == (0.5, 0.5, 1.0)
-    patched = [i for i, b in enumerate(deep_encoder.blocks) if hasattr(b.attn, "tomeplug_config")]
+    patched = [i for i, b in enumerate(deep_encoder.blocks) if hasattr(b.attn, "tomeplug_setting")]
     assert patched == PAPER_VIT_L
 
 
 def test_preset_params_are_defaults(deep_encoder):
-    assert tomeplug.patch(deep_encoder, "pitome", layers="paper", r=0.25).schedule[4].r == 0.25
-    assert tomeplug.patch(deep_encoder, "tome", layers="paper").schedule[4].r == 0.5  # tome has no margin: skipped
+    assert tomeplug.patch(deep_encoder, "pitome", layers="paper", r=0.25).schedule[4].strategy.r == 0.25
+    assert (
+        tomeplug.patch(deep_encoder, "tome", layers="paper").schedule[4].strategy.r == 0.5
+    )  # tome has no margin: skipped
     config = tomeplug.get_registry().strategy("tome")(r=0.1)
-    assert tomeplug.patch(deep_encoder, config, layers="paper").schedule[4].r == 0.1  # an explicit config wins
+    assert tomeplug.patch(deep_encoder, config, layers="paper").schedule[4].strategy.r == 0.1  # explicit config wins
 
 
 def test_preset_for_another_model_is_an_error():
@@ -52,6 +54,12 @@ def test_unknown_preset():
 
 
 def test_hiera_l_preset_is_known():
-    preset = find_preset("paper", "sam2_hiera", 48)
+    adapters = {name: entry.obj for name, entry in tomeplug.get_registry().adapters.items()}
+    preset = find_preset("paper", adapters["sam2_hiera"], 48)
     assert preset.layers == (31, 32, 34, 35, 37, 38, 44, 45, 46, 47) and preset.params["r"] == 0.5
-    assert find_preset("paper", "hq_sam_vit", 24).layers == tuple(PAPER_VIT_L)
+    assert find_preset("paper", adapters["hq_sam_vit"], 24).layers == tuple(PAPER_VIT_L)
+    with pytest.raises(
+        ValueError,
+        match=r"made for SAM / HQ-SAM ViT-L \(24 blocks\); SAM 2.1 Hiera-L \(48 blocks\), not for this timm_vit",
+    ):
+        find_preset("paper", adapters["timm_vit"], 12, adapters.values())

@@ -13,7 +13,6 @@ from tiny_models import _randomise, tiny_hiera, tiny_sam_encoder
 from torch import nn
 
 import tomeplug
-from tomeplug.adapter import Adapter
 from tomeplug.config import StrategyConfig
 from tomeplug.plan import MergePlan
 
@@ -87,7 +86,7 @@ def test_identity_plan_reproduces_upstream(package, scope, prop_attn, image):
     """The merged path itself (windows, padding, delta unmerge, spans, neck) is upstream's when nothing merges."""
     encoder = deep_encoder(package)
     reference = encode(encoder, image)
-    tomeplug.patch(encoder, IdentityConfig(r=0.5, scope=scope, prop_attn=prop_attn))
+    tomeplug.patch(encoder, IdentityConfig(r=0.5), scope=scope, prop_attn=prop_attn)
     torch.testing.assert_close(encode(encoder, image), reference, atol=1e-5, rtol=1e-5)
 
 
@@ -236,19 +235,23 @@ def test_patched_sam_and_pickle(image):
     assert tomeplug.unpatch(clone) and type(clone).__name__ == "ImageEncoderViT"
 
 
-def test_patch_model_hook_default_and_failure(image):
+def test_an_adapter_failing_half_way_leaves_the_earlier_patch_exactly(image):
     from tomeplug_adapters.sam_vit import SamViTAdapter
-
-    assert Adapter.patch_model(Adapter(), nn.Module(), {}) is None  # optional: a no-op by default
 
     class Failing(SamViTAdapter):
         name = "failing"
 
-        def patch_model(self, model, schedule):
-            raise RuntimeError("boom")
+        def patch_block(self, model, index, schedule):
+            if index == 3:
+                raise RuntimeError("boom")
+            super().patch_block(model, index, schedule)
 
     encoder = deep_encoder()
-    classes = [type(m) for m in encoder.modules()]
+    earlier = tomeplug.patch(encoder, "tome", layers=[1, 4], r=0.3)
+    expected, layout = encode(encoder, image), module_layout(encoder)
     with pytest.raises(RuntimeError, match="boom"):
-        tomeplug.patch(encoder, "tome", scope="span", adapter=Failing())
-    assert [type(m) for m in encoder.modules()] == classes and tomeplug.active_patch(encoder) is None
+        tomeplug.patch(encoder, "pitome", scope="span", adapter=Failing())  # blocks 0-2 patched, then it fails
+    assert module_layout(encoder) == layout and tomeplug.active_patch(encoder) is earlier
+    assert torch.equal(encode(encoder, image), expected)
+    earlier.remove()
+    assert tomeplug.active_patch(encoder) is None and type(encoder.blocks[1].attn).__name__ == "Attention"

@@ -48,7 +48,7 @@ def test_identity_plan_reproduces_upstream(scope, prop_attn, image):
     """The merged path itself (windows, padding, delta unmerge, runs, stage outputs) is upstream's."""
     trunk = tiny_hiera()
     reference = encode(trunk, image)
-    tomeplug.patch(trunk, IdentityConfig(r=0.5, scope=scope, prop_attn=prop_attn))
+    tomeplug.patch(trunk, IdentityConfig(r=0.5), scope=scope, prop_attn=prop_attn)
     assert_outputs_close(encode(trunk, image), reference)
 
 
@@ -101,7 +101,7 @@ def test_span_runs_end_at_stage_ends(image):
     not, as the trunk returns every stage's output."""
     trunk = tiny_hiera(stages=(2, 2), window_spec=(4, 4), global_att_blocks=(), q_pool=0, dim_mul=1.0, head_mul=1.0)
     reference = encode(trunk, image)
-    tomeplug.patch(trunk, IdentityConfig(r=0.5, scope="span"))
+    tomeplug.patch(trunk, IdentityConfig(r=0.5), scope="span")
     assert trunk.tomeplug_runs == ((0, 1), (2, 3))
     assert_outputs_close(encode(trunk, image), reference)
     tomeplug.patch(trunk, "tome", r=0.5, scope="span")

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from tiny_models import tiny_sam_encoder
 
 import tomeplug
-from tomeplug_strategies.cells import cell_destinations, num_cells
+from tomeplug.cells import CellStrategyConfig, cell_destinations, cell_plan, num_cells
 from tomeplug_strategies.energy import pitome_energy
 from tomeplug_strategies.grad_tome import SOBEL_X, SOBEL_Y, GradToMeConfig, sobel_magnitude
-from tomeplug_strategies.pitome import PiToMeConfig, PiToMeV1Config, PiToMeV2Config
+from tomeplug_strategies.pitome import PiToMeConfig, PiToMeEnergy, PiToMeV1Config, PiToMeV2Config
 from tomeplug_strategies.tomesd import ToMeSDConfig
 
 BUILTINS = {"tome", "grad_tome", "pitome", "pitome_v1", "pitome_v2", "tomesd"}
@@ -180,11 +180,16 @@ def test_pitome_v0_protects_low_energy_tokens_below_half():
         assert set(plan.kept[b][plan.size[b] > 1].tolist()) <= set(destinations)
 
 
-def test_pitome_family_shares_one_class():
-    assert issubclass(PiToMeV1Config, PiToMeConfig) and issubclass(PiToMeV2Config, PiToMeConfig)
-    assert [c.cell_destinations for c in (PiToMeConfig, PiToMeV1Config, PiToMeV2Config)] == [False, True, True]
-    assert [c.protect_low_energy for c in (PiToMeV1Config, PiToMeV2Config)] == [False, True]
+def test_pitome_family_shares_its_energy_and_the_cell_machinery():
+    assert all(issubclass(c, PiToMeEnergy) for c in (PiToMeConfig, PiToMeV1Config, PiToMeV2Config))
+    assert issubclass(PiToMeV1Config, CellStrategyConfig) and issubclass(PiToMeV2Config, PiToMeV1Config)
     assert [f.name for f in attrs.fields(PiToMeV2Config)] == [f.name for f in attrs.fields(PiToMeConfig)]
+    metric = torch.randn(3, 25, 8, generator=torch.Generator().manual_seed(1))
+    energy = PiToMeConfig(r=0.4).energy(metric)
+    for config, src_score in ((PiToMeV1Config(r=0.4), None), (PiToMeV2Config(r=0.4), energy)):
+        reference = cell_plan(metric, (5, 5), 10, energy, src_score)  # the cell machinery, by hand
+        plan = config.plan(metric, (5, 5))
+        assert torch.equal(plan.assignment, reference.assignment) and torch.equal(plan.kept, reference.kept)
 
 
 # --- ToMeSD ----------------------------------------------------------------------------------------------
@@ -283,7 +288,7 @@ def test_mixed_schedule_in_sam(image):
     shapes = record_qkv_inputs(encoder)
     schedule = {0: "tome", 1: "pitome", 2: "grad_tome", 3: PiToMeV2Config(r=0.25)}
     handle = tomeplug.patch(encoder, layers=schedule)
-    assert [type(c).__name__ for c in handle.schedule.values()] == [
+    assert [type(s.strategy).__name__ for s in handle.schedule.values()] == [
         "ToMeConfig",
         "PiToMeConfig",
         "GradToMeConfig",

@@ -6,11 +6,15 @@ model library: the registry scans the ``tomeplug`` entry points on its first loo
 """
 
 from tomeplug.adapter import Adapter
+from tomeplug.cells import CellStrategyConfig, cell_destinations, cell_plan
 from tomeplug.config import StrategyConfig
 from tomeplug.hookspecs import hookimpl
+from tomeplug.matching import alternate_split, bipartite_plan, cosine_similarity
 from tomeplug.patching import PatchHandle, active_patch, patch, unpatch
-from tomeplug.plan import MergePlan
+from tomeplug.plan import MergePlan, log_size_bias
+from tomeplug.presets import Preset
 from tomeplug.registry import Registry, get_registry, use_registry
+from tomeplug.setting import Setting
 
 __version__ = "0.1.0"
 
@@ -27,15 +31,24 @@ def list_adapters() -> list[str]:
 
 __all__ = [
     "Adapter",
+    "CellStrategyConfig",
     "MergePlan",
     "PatchHandle",
+    "Preset",
     "Registry",
+    "Setting",
     "StrategyConfig",
     "active_patch",
+    "alternate_split",
+    "bipartite_plan",
+    "cell_destinations",
+    "cell_plan",
+    "cosine_similarity",
     "get_registry",
     "hookimpl",
     "list_adapters",
     "list_strategies",
+    "log_size_bias",
     "patch",
     "unpatch",
     "use_registry",

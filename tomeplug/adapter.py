@@ -7,21 +7,26 @@ from typing import ClassVar
 
 from torch import nn
 
-from tomeplug.config import StrategyConfig
+from tomeplug.presets import Preset
+from tomeplug.setting import Setting
 
 
 class Adapter:
     """Base class of architecture adapters.
 
-    A subclass sets ``name``, recognises its models by class name in :meth:`matches` (never by importing
-    the model library), lists the image encoder's blocks in forward order, and patches one block by
-    swapping module classes (see :mod:`tomeplug.classswap`) and attaching the block's frozen config as
-    ``tomeplug_config``. Unpatching is generic: every swapped module gets its class back.
+    A subclass sets ``name`` and ``scopes``, recognises its models by class name in :meth:`matches` (never
+    by importing the model library), lists the image encoder's blocks in forward order, and patches one
+    block at a time in :meth:`patch_block`, seeing the whole model and schedule. It patches only by
+    swapping module classes (:func:`tomeplug.classswap.swap_class`) and attaching attributes named
+    ``tomeplug_*``; unpatching is generic (every swapped class restored, those attributes removed). An
+    adapter instance is shared by every model: it keeps no state of its own.
     """
 
     name: ClassVar[str] = ""
     scopes: ClassVar[tuple[str, ...]] = ("attn",)
-    """The merge scopes (see :class:`tomeplug.StrategyConfig`) this adapter implements."""
+    """The merge scopes (see :class:`tomeplug.Setting`) this adapter implements."""
+    presets: ClassVar[tuple[Preset, ...]] = ()
+    """Named schedules published for this adapter's models (``layers="paper"``)."""
 
     def matches(self, model: nn.Module) -> bool:
         """Whether this adapter knows ``model`` (judged by class names only)."""
@@ -35,13 +40,14 @@ class Adapter:
         """The image encoder's transformer blocks in forward order (block i is ``blocks(model)[i]``)."""
         raise NotImplementedError
 
-    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
-        """Make ``block`` merge tokens with ``config``; it must be undone by restoring swapped classes."""
-        raise NotImplementedError
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
+        """Make block ``index`` of ``model`` merge tokens as ``schedule[index]`` says.
 
-    def patch_model(self, model: nn.Module, schedule: Mapping[int, StrategyConfig]) -> None:
-        """Optional: patch beyond single blocks once every block is patched (e.g. a merge scope spanning
-        blocks needs the encoder's loop). Undone like the blocks: swap classes, name attributes ``tomeplug_*``."""
+        Called once per selected block, in order, with the whole schedule: what spans blocks (e.g. the
+        encoder's loop for ``span`` scope) is patched here too, idempotently, from the schedule alone.
+        Swapped modules carry their block's setting as ``tomeplug_setting``.
+        """
+        raise NotImplementedError
 
 
 def class_path(obj: object) -> str:

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomeplug.config import StrategyConfig
 from tomeplug.plan import MergePlan
+from tomeplug.setting import Setting
 
 
 def head_mean(x: Tensor, num_heads: int) -> Tensor:
@@ -33,17 +33,14 @@ def padding_mask(tokens: Tensor) -> Tensor:
     return tokens.ne(0).any(dim=-1)
 
 
-def plan_merge(
-    config: StrategyConfig, tokens: Tensor, qkv: nn.Linear, num_heads: int, grid: tuple[int, int]
-) -> MergePlan:
-    """Plan one attention call's merge from its input tokens (B', N, C), as ``config`` asks.
+def plan_merge(setting: Setting, tokens: Tensor, qkv: nn.Linear, num_heads: int, grid: tuple[int, int]) -> MergePlan:
+    """Plan one attention call's merge from its input tokens (B', N, C), as ``setting`` asks.
 
-    The metric is the input (``config.metric == "input"``) or the keys (``"keys"``), averaged over heads;
-    with ``config.exclude_padding`` the strategy also gets the padding mask.
+    The metric is the input (``setting.metric == "input"``) or the keys (``"keys"``), averaged over heads;
+    with ``setting.exclude_padding`` the strategy also gets the padding mask.
     """
     with torch.no_grad():
-        features = tokens if config.metric == "input" else key_features(tokens, qkv)
+        features = tokens if setting.metric == "input" else key_features(tokens, qkv)
         metric = head_mean(features, num_heads)  # (B', N, C / heads)
-        if config.exclude_padding:
-            return config.plan(metric, grid, valid=padding_mask(tokens))
-        return config.plan(metric, grid)
+        valid = padding_mask(tokens) if setting.exclude_padding else None
+        return setting.plan(metric, grid, valid)

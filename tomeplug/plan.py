@@ -74,3 +74,8 @@ class MergePlan:
         """Pick per-token values at the slots' representatives: (B', N, ...) -> (B', M, ...)."""
         index = self.kept.reshape(*self.kept.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
         return t.gather(1, index)
+
+
+def log_size_bias(size: Tensor, dtype: torch.dtype) -> Tensor:
+    """Proportional attention: (B', M) slot sizes -> the (B', 1, 1, M) additive ``log(size)`` on the keys' logits."""
+    return size.log().to(dtype)[:, None, None, :]

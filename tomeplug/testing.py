@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tomeplug.adapter import Adapter
 from tomeplug.classswap import is_swapped
 from tomeplug.config import StrategyConfig
-from tomeplug.patching import CONFIG_ATTR, active_patch, patch
+from tomeplug.patching import SETTING_ATTR, active_patch, patch
 from tomeplug.plan import MergePlan
 from tomeplug.registry import get_registry
 
@@ -186,8 +186,8 @@ def check_adapter(
     for index, block in enumerate(blocks):
         swapped = [m for m in block.modules() if is_swapped(m)]
         expect(bool(swapped) == (index in selected), f"{name}: block {index} swapped {len(swapped)} modules")
-        configs = [getattr(m, CONFIG_ATTR, None) for m in swapped]
-        expect(index not in selected or handle.schedule[index] in configs, f"{name}: block {index} lacks its config")
+        settings = [getattr(m, SETTING_ATTR, None) for m in swapped]
+        expect(index not in selected or handle.schedule[index] in settings, f"{name}: block {index} lacks its setting")
     expect(_equal(_state(model), state), f"{name}: patching changed the state_dict")
     merged = _run(run, model, inputs)
     _expect_merged(merged, reference, f"{name}: patching blocks {selected} with r={r}")

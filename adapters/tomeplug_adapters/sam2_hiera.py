@@ -5,14 +5,14 @@ windowed block (zero-padded at the grid's edge, B' = batch x windows), or the wh
 block (B' = batch). Hiera's attention has no positional terms (positions are added once, at the
 trunk's input), so a merged token needs none gathered. Every call plans a merge of its h * w tokens.
 
-How much of the trunk runs on merged tokens is the config's ``scope``:
+How much of the trunk runs on merged tokens is the setting's ``scope``:
 
 - ``attn`` (the published method): windowed and global blocks merge every token before qkv, attend over
   the merged tokens, project (per token and linear, so exact before the unmerge) and unmerge.
 - ``block`` and ``span``: attention and MLP on merged tokens, for one block or a run of consecutive
   windowed blocks on one plan (semantics in :mod:`tomeplug_adapters.windowed_scopes`; Hiera's pieces in
   :mod:`tomeplug_adapters.sam2_hiera_scopes`). A span runs within one stage and one window size: it
-  ends before a global block, a stage transition, a block of another scope or config, and at every
+  ends before a global block, a stage transition, a block of another scope or setting, and at every
   stage's last block (the trunk returns its output). With any span-scoped block the trunk's class is
   swapped too (it walks the runs).
 
@@ -38,10 +38,11 @@ from torch import nn
 
 from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
-from tomeplug.config import StrategyConfig
+from tomeplug.presets import PAPER_PARAMS, Preset
+from tomeplug.setting import Setting
 from tomeplug_adapters.sam2_hiera_attention import MergingMultiScaleAttention, merged_attention
 from tomeplug_adapters.sam2_hiera_scopes import MergingHiera, MergingHieraBlock, keeps_shape
-from tomeplug_adapters.windowed_scopes import span_runs
+from tomeplug_adapters.windowed_scopes import patch_encoder_loop
 
 __all__ = ["MergingMultiScaleAttention", "Sam2HieraAdapter", "hiera_trunk", "merged_attention"]
 
@@ -64,6 +65,8 @@ class Sam2HieraAdapter(Adapter):
 
     name = "sam2_hiera"
     scopes = ("attn", "block", "span")
+    presets = (Preset("paper", "SAM 2.1 Hiera-L", 48, (31, 32, 34, 35, 37, 38, 44, 45, 46, 47), PAPER_PARAMS),)
+    """PiToMe (NeurIPS 2024) on SAM 2.1 Hiera-L: 10 of 48 blocks, all in the last stages."""
 
     def matches(self, model: nn.Module) -> bool:
         """True for a ``SAM2Base`` or ``ImageEncoder`` with a Hiera trunk, or the ``Hiera`` itself."""
@@ -76,15 +79,12 @@ class Sam2HieraAdapter(Adapter):
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
         return list(trunk.blocks)
 
-    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
-        """Swap the block's attention (scope ``attn``, and stage transitions in every scope) or the block."""
-        module = block if config.scope != "attn" and keeps_shape(block) else block.attn
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
+        """Swap the block's attention (scope ``attn``, and stage transitions in every scope) or the block;
+        with any span-scoped block, also the trunk (its loop runs spans of blocks on one plan)."""
+        trunk, setting = hiera_trunk(model), schedule[index]
+        block = trunk.blocks[index]
+        module = block if setting.scope != "attn" and keeps_shape(block) else block.attn
         swap_class(module, MergingHieraBlock if module is block else MergingMultiScaleAttention)
-        module.tomeplug_config = config
-
-    def patch_model(self, model: nn.Module, schedule: Mapping[int, StrategyConfig]) -> None:
-        """With any span-scoped block, swap the trunk for one that runs spans of blocks on one plan."""
-        if any(config.scope == "span" for config in schedule.values()):
-            trunk = hiera_trunk(model)
-            swap_class(trunk, MergingHiera)
-            trunk.tomeplug_runs = span_runs(trunk.blocks, schedule, frozenset(trunk.stage_ends))
+        module.tomeplug_setting = setting
+        patch_encoder_loop(trunk, MergingHiera, schedule, keeps_shape, frozenset(trunk.stage_ends))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomeplug.config import StrategyConfig
 from tomeplug.metric import plan_merge
-from tomeplug.plan import MergePlan
+from tomeplug.plan import MergePlan, log_size_bias
+from tomeplug.setting import Setting
 
 
 def _mask(log_size: Tensor | None, q: Tensor) -> Tensor | None:
@@ -22,7 +22,7 @@ def _mask(log_size: Tensor | None, q: Tensor) -> Tensor | None:
 
 def proportional_bias(plan: MergePlan, prop_attn: bool) -> Tensor | None:
     """The (B', 1, 1, M) proportional-attention bias ``log(size)`` of a plan's merged keys, or None."""
-    return plan.size.log()[:, None, None, :] if prop_attn else None
+    return log_size_bias(plan.size, plan.size.dtype) if prop_attn else None
 
 
 def attend(attn: nn.Module, merged: Tensor, log_size: Tensor | None) -> Tensor:
@@ -68,14 +68,14 @@ def merged_attention(attn: nn.Module, x: Tensor, plan: MergePlan, prop_attn: boo
 
 
 class MergingMultiScaleAttention(nn.Module):
-    """Mixin over Hiera's ``MultiScaleAttention``: merges each attention call per ``tomeplug_config``."""
+    """Mixin over Hiera's ``MultiScaleAttention``: merges each attention call per ``tomeplug_setting``."""
 
-    tomeplug_config: StrategyConfig
+    tomeplug_setting: Setting
 
     def forward(self, x: Tensor) -> Tensor:
-        config = self.tomeplug_config
+        setting = self.tomeplug_setting
         b, h, w, c = x.shape  # B' = batch x windows
-        if config.num_to_merge(h * w) == 0:
+        if setting.num_to_merge(h * w) == 0:
             return super().forward(x)
-        plan = plan_merge(config, x.reshape(b, h * w, c), self.qkv, self.num_heads, (h, w))
-        return merged_attention(self, x, plan, config.prop_attn)
+        plan = plan_merge(setting, x.reshape(b, h * w, c), self.qkv, self.num_heads, (h, w))
+        return merged_attention(self, x, plan, setting.prop_attn)

@@ -27,7 +27,7 @@ class MergingHieraBlock(MergingWindowedBlock):
 
     def merged_context(self, plan: MergePlan, grid: tuple[int, int], dtype: torch.dtype) -> Tensor | None:
         """The proportional-attention bias (B', 1, 1, M), or None (``attend`` casts it to the queries' dtype)."""
-        return proportional_bias(plan, self.tomeplug_config.prop_attn)
+        return proportional_bias(plan, self.tomeplug_setting.prop_attn)
 
     def merged_attend(self, tokens: Tensor, context: Tensor | None) -> Tensor:
         """Hiera's attention over merged tokens."""

@@ -4,14 +4,14 @@ Both packages share the ViT encoder design: blocks run attention on 14x14 window
 grid's edge) or on the whole grid, with decomposed relative positions. A plan is made per attention call
 (the batch of windows is one batch of token groups) from the attention input, and merged tokens attend
 with the relative positions of their kept tokens (:mod:`tomeplug_adapters.sam_vit_attention`). How much
-of the encoder runs on merged tokens is the config's ``scope``:
+of the encoder runs on merged tokens is the setting's ``scope``:
 
 - ``attn`` (the published method): the attention module merges its input, runs qkv and attention,
   projects and unmerges. The residual and the MLP stay on every token.
 - ``block`` and ``span``: attention and MLP on merged tokens, for one block or a run of consecutive
   windowed blocks on one plan (semantics in :mod:`tomeplug_adapters.windowed_scopes`). All of SAM's
   windowed blocks share one window partition, so a span runs until a global block, a block of another
-  scope or config, or the neck. A span-scoped global block behaves like ``block`` scope. With any
+  scope or setting, or the neck. A span-scoped global block behaves like ``block`` scope. With any
   span-scoped block the encoder's class is swapped too (it walks the runs), so HQ-SAM's intermediate
   embeddings (after global blocks) are unmerged.
 """
@@ -25,10 +25,11 @@ from torch import nn
 
 from tomeplug.adapter import Adapter, class_path
 from tomeplug.classswap import swap_class
-from tomeplug.config import StrategyConfig
+from tomeplug.presets import PAPER_PARAMS, Preset
+from tomeplug.setting import Setting
 from tomeplug_adapters.sam_vit_attention import MergingSamAttention, merged_attention, rel_pos_bias, resized_rel_pos
 from tomeplug_adapters.sam_vit_scopes import MergingHQSamEncoder, MergingSamBlock, MergingSamEncoder
-from tomeplug_adapters.windowed_scopes import span_runs
+from tomeplug_adapters.windowed_scopes import patch_encoder_loop
 
 __all__ = ["HQSamViTAdapter", "MergingSamAttention", "SamViTAdapter", "merged_attention", "rel_pos_bias"]
 __all__ += ["resized_rel_pos"]
@@ -41,6 +42,8 @@ class SamViTAdapter(Adapter):
     package = "segment_anything"
     scopes = ("attn", "block", "span")
     encoder_mixin: ClassVar[type] = MergingSamEncoder
+    presets = (Preset("paper", "SAM / HQ-SAM ViT-L", 24, (0, 4, 5, 10, 16, 17, 19, 20, 22, 23), PAPER_PARAMS),)
+    """PiToMe (NeurIPS 2024) on SAM / HQ-SAM ViT-L: 10 of 24 blocks."""
 
     def _encoder(self, model: nn.Module) -> nn.Module | None:
         path = class_path(model)
@@ -60,18 +63,15 @@ class SamViTAdapter(Adapter):
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
         return list(encoder.blocks)
 
-    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
-        """Swap the block's attention (scope ``attn``) or the block itself (``block``, ``span``)."""
-        module = block.attn if config.scope == "attn" else block
-        swap_class(module, MergingSamAttention if config.scope == "attn" else MergingSamBlock)
-        module.tomeplug_config = config
-
-    def patch_model(self, model: nn.Module, schedule: Mapping[int, StrategyConfig]) -> None:
-        """With any span-scoped block, swap the encoder for one that runs spans of blocks on one plan."""
-        if any(config.scope == "span" for config in schedule.values()):
-            encoder = self._encoder(model)
-            swap_class(encoder, self.encoder_mixin)
-            encoder.tomeplug_runs = span_runs(encoder.blocks, schedule)
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
+        """Swap the block's attention (scope ``attn``) or the block itself (``block``, ``span``); with any
+        span-scoped block, also the encoder (its loop runs spans of blocks on one plan)."""
+        encoder, setting = self._encoder(model), schedule[index]
+        block = encoder.blocks[index]
+        module = block.attn if setting.scope == "attn" else block
+        swap_class(module, MergingSamAttention if setting.scope == "attn" else MergingSamBlock)
+        module.tomeplug_setting = setting
+        patch_encoder_loop(encoder, self.encoder_mixin, schedule)
 
 
 class HQSamViTAdapter(SamViTAdapter):

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomeplug.config import StrategyConfig
 from tomeplug.metric import plan_merge
-from tomeplug.plan import MergePlan
+from tomeplug.plan import MergePlan, log_size_bias
+from tomeplug.setting import Setting
 
 
 def resized_rel_pos(rel_pos: Tensor, size: int) -> Tensor:
@@ -61,7 +61,7 @@ def merged_positions(kept: Tensor, size: Tensor | None, grid: tuple[int, int], d
     rows, cols = torch.arange(h, device=kept.device), torch.arange(w, device=kept.device)
     query_index = torch.cat([row - rows + (h - 1), col - cols + (2 * h - 1) + (w - 1)], dim=-1)  # (B', M, h + w)
     key_rows, key_cols = row.transpose(1, 2).unsqueeze(1), (col + h).transpose(1, 2).unsqueeze(1)  # (B', 1, 1, M)
-    log_size = None if size is None else size.log().to(dtype)[:, None, None, :]  # (B', 1, 1, M)
+    log_size = None if size is None else log_size_bias(size, dtype)  # (B', 1, 1, M)
     return MergedPositions(grid, query_index, key_rows, key_cols, log_size)
 
 
@@ -135,15 +135,15 @@ class MergingSamAttention(nn.Module):
     Subclasses for other windowed SAM-style attentions replace ``merged_attention`` only.
     """
 
-    tomeplug_config: StrategyConfig
+    tomeplug_setting: Setting
     merged_attention = staticmethod(merged_attention)
 
     def forward(self, x: Tensor) -> Tensor:
-        config = self.tomeplug_config
+        setting = self.tomeplug_setting
         b, h, w, c = x.shape  # B' = batch x windows
         n = h * w
-        if config.num_to_merge(n) == 0:
+        if setting.num_to_merge(n) == 0:
             return super().forward(x)
         tokens = x.reshape(b, n, c)
-        plan = plan_merge(config, tokens, self.qkv, self.num_heads, (h, w))
-        return self.merged_attention(self, tokens, plan, (h, w), config.prop_attn).reshape(b, h, w, -1)
+        plan = plan_merge(setting, tokens, self.qkv, self.num_heads, (h, w))
+        return self.merged_attention(self, tokens, plan, (h, w), setting.prop_attn).reshape(b, h, w, -1)

@@ -3,7 +3,7 @@
 The machinery is :mod:`tomeplug_adapters.windowed_scopes`; here are SAM's pieces:
 :class:`MergingSamBlock` attends with the merged tokens' relative positions, built once per plan, and
 :class:`MergingSamEncoder` walks the runs of blocks (all of SAM's windowed blocks share one window
-partition, so a run ends only before a global block, a block of another scope or config, or the neck).
+partition, so a run ends only before a global block, a block of another scope or setting, or the neck).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class MergingSamBlock(MergingWindowedBlock):
 
     def merged_context(self, plan: MergePlan, grid: tuple[int, int], dtype: torch.dtype) -> MergedPositions:
         """The merged tokens' relative positions (and ``log(size)`` with proportional attention)."""
-        return plan_positions(plan, grid, self.tomeplug_config.prop_attn, dtype)
+        return plan_positions(plan, grid, self.tomeplug_setting.prop_attn, dtype)
 
     def merged_attend(self, tokens: Tensor, context: MergedPositions) -> Tensor:
         """SAM's attention over merged tokens at their kept tokens' positions."""

@@ -8,16 +8,16 @@ the positional terms of each merged token's kept token, projects, and unmerges.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
 from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
-from tomeplug.config import StrategyConfig
-from tomeplug.plan import MergePlan
+from tomeplug.plan import MergePlan, log_size_bias
+from tomeplug.setting import Setting
 from tomeplug_adapters.sam_vit_attention import MergingSamAttention, rel_pos_bias
-from tomeplug_adapters.timm_vit import attention_core, log_size_bias
+from tomeplug_adapters.timm_vit import attention_core
 
 
 def merged_samvit_attention(
@@ -41,7 +41,7 @@ def merged_samvit_attention(
 
 
 class MergingTimmSamAttention(MergingSamAttention):
-    """Mixin over timm's SAM ``Attention``: merges each attention call's tokens per ``tomeplug_config``."""
+    """Mixin over timm's SAM ``Attention``: merges each attention call's tokens per ``tomeplug_setting``."""
 
     merged_attention = staticmethod(merged_samvit_attention)
 
@@ -63,11 +63,12 @@ class TimmSamViTAdapter(Adapter):
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
         return list(model.blocks)
 
-    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap the block's attention for the merging one."""
+        block = model.blocks[index]
         attn = getattr(block, "attn", None)
         if attn is None or self.attention_class not in class_paths(attn):
             found = class_path(attn) if attn is not None else f"no 'attn' in {class_path(block)}"
             raise TypeError(f"{self.name} adapter supports {self.attention_class} only; found {found}")
         swap_class(attn, MergingTimmSamAttention)
-        attn.tomeplug_config = config
+        attn.tomeplug_setting = schedule[index]

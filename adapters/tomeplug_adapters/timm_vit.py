@@ -9,8 +9,7 @@ and the merged patch tokens, projects, and unmerges; prefix tokens are never mer
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import torch
@@ -19,9 +18,9 @@ from torch import Tensor, nn
 
 from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
-from tomeplug.config import StrategyConfig
 from tomeplug.metric import plan_merge
-from tomeplug.plan import MergePlan
+from tomeplug.plan import MergePlan, log_size_bias
+from tomeplug.setting import Setting
 
 BiasFn = Callable[[Tensor], Tensor | None]
 
@@ -55,11 +54,6 @@ def attention_core(attn: nn.Module, x: Tensor, bias_fn: BiasFn | None = None, ro
     if gate is not None:
         out = out * gate
     return attn.proj_drop(attn.proj(out))  # per-token: exact before the unmerge
-
-
-def log_size_bias(size: Tensor, dtype: torch.dtype) -> Tensor:
-    """Proportional attention: (B', M) slot sizes -> (B', 1, 1, M) additive ``log(size)`` on the keys."""
-    return size.log().to(dtype)[:, None, None, :]
 
 
 def merged_vit_attention(attn: nn.Module, x: Tensor, plan: MergePlan, prefix: int, prop_attn: bool) -> Tensor:
@@ -96,21 +90,21 @@ class TokenLayout:
 
 
 class MergingTimmAttention(nn.Module):
-    """Mixin over timm's ``Attention``: merges the patch tokens per ``tomeplug_config``, never the prefix."""
+    """Mixin over timm's ``Attention``: merges the patch tokens per ``tomeplug_setting``, never the prefix."""
 
-    tomeplug_config: StrategyConfig
+    tomeplug_setting: Setting
     tomeplug_layout: TokenLayout
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        config, prefix = self.tomeplug_config, self.tomeplug_layout.prefix
+        setting, prefix = self.tomeplug_setting, self.tomeplug_layout.prefix
         b, n, c = x.shape  # n = k prefix + N patch tokens
-        if config.num_to_merge(n - prefix) == 0:
+        if setting.num_to_merge(n - prefix) == 0:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None or is_causal:
             raise ValueError("token merging does not support attn_mask or is_causal in timm ViT attention")
         grid = self.tomeplug_layout.grid_for(n - prefix)
-        plan = plan_merge(config, x[:, prefix:], self.qkv, self.num_heads, grid)
-        return merged_vit_attention(self, x, plan, prefix, config.prop_attn)
+        plan = plan_merge(setting, x[:, prefix:], self.qkv, self.num_heads, grid)
+        return merged_vit_attention(self, x, plan, prefix, setting.prop_attn)
 
 
 class TimmViTAdapter(Adapter):
@@ -120,23 +114,19 @@ class TimmViTAdapter(Adapter):
     model_classes = frozenset({"timm.models.vision_transformer.VisionTransformer"})
     attention_classes = frozenset({"timm.layers.attention.Attention"})
 
-    def __init__(self) -> None:
-        self._layouts: weakref.WeakKeyDictionary[nn.Module, TokenLayout] = weakref.WeakKeyDictionary()
-
     def matches(self, model: nn.Module) -> bool:
         """True for ``VisionTransformer`` or any subclass of it (by class names)."""
         return bool(class_paths(model) & self.model_classes)
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
-        """The model's ``blocks``; also records each block's token layout for :meth:`patch_block`."""
+        """The model's ``blocks``."""
         if not self.matches(model):
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
-        layout = TokenLayout(int(model.num_prefix_tokens), tuple(int(s) for s in model.patch_embed.grid_size))
-        for block in model.blocks:
-            self._layouts[block] = layout
         return list(model.blocks)
 
-    def _check_attention(self, block: nn.Module) -> None:
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
+        """Swap the block's attention for the merging one, with the model's token layout."""
+        block = model.blocks[index]
         attn = getattr(block, "attn", None)
         if attn is None or not class_paths(attn) & self.attention_classes:
             found = class_path(attn) if attn is not None else f"no 'attn' in {class_path(block)}"
@@ -144,12 +134,8 @@ class TimmViTAdapter(Adapter):
                 f"{self.name} adapter supports blocks whose attention is one of {sorted(self.attention_classes)}; "
                 f"found {found}"
             )
-
-    def patch_block(self, block: nn.Module, config: StrategyConfig) -> None:
-        """Swap the block's attention for the merging one (the block must come from :meth:`blocks`)."""
-        self._check_attention(block)
-        if block not in self._layouts:
-            raise ValueError(f"{self.name} adapter: patch blocks returned by blocks(model), which knows the prefix")
-        swap_class(block.attn, MergingTimmAttention)
-        block.attn.tomeplug_config = config
-        block.attn.tomeplug_layout = self._layouts[block]
+        swap_class(attn, MergingTimmAttention)
+        attn.tomeplug_setting = schedule[index]
+        attn.tomeplug_layout = TokenLayout(
+            int(model.num_prefix_tokens), tuple(int(s) for s in model.patch_embed.grid_size)
+        )

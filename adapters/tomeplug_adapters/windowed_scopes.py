@@ -12,7 +12,7 @@ on merged tokens:
   window tokens, slots holding only padding included (their attention input stays zero, as upstream's
   padding, and their outputs are cropped).
 - ``span``: tokens stay merged across a run of consecutive span-scoped windowed blocks with one window
-  size and equal configs (:func:`span_runs`): the plan is made at the run's first block and reused, each
+  size and equal settings (:func:`span_runs`): the plan is made at the run's first block and reused, each
   block runs as in ``block`` scope, and the delta unmerge against the run's input happens once, at its
   end. The encoder's loop walks the runs (:func:`run_blocks`).
 
@@ -21,16 +21,17 @@ An architecture subclasses :class:`MergingWindowedBlock` with its attention over
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomeplug.config import StrategyConfig
+from tomeplug.classswap import swap_class
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
+from tomeplug.setting import Setting
 
 
 def partition(x: Tensor, size: int) -> Tensor:
@@ -63,7 +64,7 @@ class MergingWindowedBlock(nn.Module):
     ``norm2`` and ``mlp``. A subclass supplies the attention over merged tokens.
     """
 
-    tomeplug_config: StrategyConfig
+    tomeplug_setting: Setting
 
     def merged_context(self, plan: MergePlan, grid: tuple[int, int], dtype: torch.dtype) -> Any:
         """What :meth:`merged_attend` needs of a plan (e.g. positions), built once per plan."""
@@ -80,7 +81,7 @@ class MergingWindowedBlock(nn.Module):
     def merges(self, x: Tensor) -> bool:
         """Whether this block merges any token of input ``x`` (B, H, W, C)."""
         n = self.window_size**2 if self.window_size else x.shape[1] * x.shape[2]
-        return self.tomeplug_config.num_to_merge(n) > 0
+        return self.tomeplug_setting.num_to_merge(n) > 0
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.merges(x):
@@ -92,17 +93,17 @@ def run_merged(blocks: Sequence[MergingWindowedBlock], x: Tensor) -> Tensor:
     """Run consecutive blocks (one window size) on one plan's merged tokens: (B, H, W, C) -> (B, H, W, C).
 
     The plan is made from the first block's ``norm1`` of the windows (padding zeroed, as upstream pads it)
-    and its config. Each token leaves with its own residual plus its slot's change ("delta unmerge").
+    and its setting. Each token leaves with its own residual plus its slot's change ("delta unmerge").
     """
     first, (b, h, w, _) = blocks[0], x.shape
-    config, size = first.tomeplug_config, first.window_size
+    setting, size = first.tomeplug_setting, first.window_size
     grid = (size, size) if size else (h, w)
     tokens = partition(x, size)  # (B', N, C) the residual stream
     real = None
     if size and (h % size or w % size):
         real = partition(x.new_ones(b, h, w, 1), size)  # (B', N, 1): 0 for padding
     normed = first.norm1(tokens) if real is None else first.norm1(tokens) * real
-    plan = plan_merge(config, normed, first.attn.qkv, first.attn.num_heads, grid)
+    plan = plan_merge(setting, normed, first.attn.qkv, first.attn.num_heads, grid)
     merged = plan.merge(tokens)  # (B', M, C) size-weighted mean residuals
     real_slots = None if real is None else plan.merge(real).gt(0).to(x.dtype)  # (B', M, 1): 0 if all padding
     context = first.merged_context(plan, grid, x.dtype)  # once per plan
@@ -115,26 +116,44 @@ def run_merged(blocks: Sequence[MergingWindowedBlock], x: Tensor) -> Tensor:
 
 
 def span_runs(
-    blocks: Sequence[nn.Module], schedule: Mapping[int, StrategyConfig], stops: frozenset[int] = frozenset()
+    blocks: Sequence[nn.Module],
+    schedule: Mapping[int, Setting],
+    spans: Callable[[nn.Module], bool] = lambda block: True,
+    stops: frozenset[int] = frozenset(),
 ) -> tuple[tuple[int, ...], ...]:
-    """The encoder's blocks in runs: maximal runs of consecutive span-scoped windowed blocks (patched as
-    :class:`MergingWindowedBlock`) with equal configs and window sizes, and every other block alone.
+    """The encoder's blocks in runs: maximal runs of consecutive span-scoped windowed blocks with equal
+    settings and window sizes, and every other block alone. Computed from the schedule alone.
 
-    A run ends at a block in ``stops`` (one whose output the encoder returns, e.g. a stage's last).
+    ``spans(block)`` says whether a block can join a run (is patched as a :class:`MergingWindowedBlock`
+    when span-scoped); a run ends at a block in ``stops`` (one whose output the encoder returns, e.g. a
+    stage's last).
     """
     runs: list[list[int]] = []
     extendable = False
     for index, block in enumerate(blocks):
-        config = schedule.get(index)
-        spans = getattr(config, "scope", None) == "span" and isinstance(block, MergingWindowedBlock)
-        spans = spans and block.window_size > 0
-        joins = extendable and blocks[index - 1].window_size == block.window_size and schedule[index - 1] == config
-        if spans and joins:
+        setting = schedule.get(index)
+        spanning = setting is not None and setting.scope == "span" and block.window_size > 0 and spans(block)
+        joins = extendable and blocks[index - 1].window_size == block.window_size and schedule[index - 1] == setting
+        if spanning and joins:
             runs[-1].append(index)
         else:
             runs.append([index])
-        extendable = spans and index not in stops
+        extendable = spanning and index not in stops
     return tuple(tuple(run) for run in runs)
+
+
+def patch_encoder_loop(
+    encoder: nn.Module,
+    mixin: type,
+    schedule: Mapping[int, Setting],
+    spans: Callable[[nn.Module], bool] = lambda block: True,
+    stops: frozenset[int] = frozenset(),
+) -> None:
+    """With any span-scoped block in ``schedule``, swap ``encoder``'s class for ``mixin`` (its loop walks
+    the runs of :func:`span_runs`, attached as ``tomeplug_runs``). Idempotent: adapters call it per block."""
+    if any(setting.scope == "span" for setting in schedule.values()):
+        swap_class(encoder, mixin)
+        encoder.tomeplug_runs = span_runs(encoder.blocks, schedule, spans, stops)
 
 
 def run_blocks(blocks: Sequence[nn.Module], runs: Sequence[Sequence[int]], x: Tensor) -> Iterator[tuple[int, Tensor]]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tomeplug_strategies.cells import CellStrategyConfig
+from tomeplug.cells import CellStrategyConfig
 
 # The correct Sobel kernels. The published grad-ToMe code has [-1, -2, 1] as sobel_y's first row.
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
@@ -45,6 +45,6 @@ class GradToMeConfig(CellStrategyConfig):
 
     name = "grad_tome"
 
-    def destination_score(self, metric: Tensor, grid: tuple[int, int]) -> Tensor:
+    def destination_score(self, metric: Tensor, grid: tuple[int, int], similarity: Tensor | None = None) -> Tensor:
         """(B', N) per-token score, the highest in each cell wins: minus the Sobel gradient magnitude."""
         return -sobel_magnitude(metric, grid)

@@ -19,11 +19,7 @@ class ToMeConfig(StrategyConfig):
     max_r_reason = "bipartite matching merges at most half the tokens"
     supports_padding_mask = True
 
-    def plan(self, metric: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> MergePlan:
-        """Merge the floor(r * N) even-position tokens most similar to an odd-position token."""
-        b, n, _ = metric.shape
-        n_merge = self.num_to_merge(n)
-        if n_merge == 0:
-            return MergePlan.identity(b, n, metric.device)
-        src, dst = alternate_split(n, metric.device)
+    def merge_plan(self, metric: Tensor, grid: tuple[int, int], n_merge: int, valid: Tensor | None) -> MergePlan:
+        """Merge the ``n_merge`` even-position tokens most similar to an odd-position token."""
+        src, dst = alternate_split(metric.shape[1], metric.device)
         return bipartite_plan(metric, src, dst, n_merge, valid=valid)

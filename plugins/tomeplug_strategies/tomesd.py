@@ -6,7 +6,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from tomeplug_strategies.cells import CellStrategyConfig
+from tomeplug.cells import CellStrategyConfig
 from tomeplug_strategies.params import int_in
 
 
@@ -28,7 +28,7 @@ class ToMeSDConfig(CellStrategyConfig):
     random: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     seed: int = attrs.field(default=0, validator=int_in(0, 2**63 - 1, "the seed of the random destinations"))
 
-    def destination_score(self, metric: Tensor, grid: tuple[int, int]) -> Tensor:
+    def destination_score(self, metric: Tensor, grid: tuple[int, int], similarity: Tensor | None = None) -> Tensor:
         """(B', N) per-token score, the highest in each cell wins: seeded uniform noise, or zeros (top-left)."""
         b, n, _ = metric.shape
         if not self.random:

@@ -1,12 +1,16 @@
 """2x2 cells of a token grid: one destination per cell, the other tokens matched bipartitely onto them.
 
-Shared by every strategy that picks its destinations per cell (grad-ToMe, ToMeSD, PiToMe v1/v2). The
-(h, w) grid is cut into ceil(h/2) x ceil(w/2) cells from the top-left corner; at an odd edge the last
-row or column of cells is partial (2x1, 1x2 or 1x1) and still holds one destination. All functions
-work on a batch of token groups at once, with static shapes (no Python loop over tokens or cells).
+A building block for strategy authors, beside :mod:`tomeplug.matching`: every strategy that picks its
+destinations per cell (grad-ToMe, ToMeSD, PiToMe v1/v2, and any third party's) subclasses
+:class:`CellStrategyConfig` or calls :func:`cell_plan`. The (h, w) grid is cut into ceil(h/2) x
+ceil(w/2) cells from the top-left corner; at an odd edge the last row or column of cells is partial
+(2x1, 1x2 or 1x1) and still holds one destination. All functions work on a batch of token groups at
+once, with static shapes (no Python loop over tokens or cells).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import attrs
 import torch
@@ -14,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tomeplug.config import StrategyConfig
-from tomeplug.matching import bipartite_plan
+from tomeplug.matching import bipartite_plan, cosine_similarity
 from tomeplug.plan import MergePlan
 
 # With one destination per cell, N - num_cells(grid) tokens can merge. That is at least floor(N / 2) on
@@ -113,14 +117,17 @@ def cell_plan(
 class CellStrategyConfig(StrategyConfig):
     """Base of the strategies that pick one destination per 2x2 cell by a per-token score.
 
-    A subclass implements :meth:`destination_score` (and :meth:`source_score` to protect tokens).
+    A subclass implements :meth:`destination_score` (and :meth:`source_score` to protect tokens). With
+    ``uses_similarity`` set, the metric's (B', N, N) cosine similarities are computed once per plan and
+    handed to both scores and to the matching.
     """
 
     max_r = CELL_MAX_R
     max_r_reason = CELL_MAX_R_REASON
     supports_padding_mask = True
+    uses_similarity: ClassVar[bool] = False
 
-    def destination_score(self, metric: Tensor, grid: tuple[int, int]) -> Tensor:
+    def destination_score(self, metric: Tensor, grid: tuple[int, int], similarity: Tensor | None = None) -> Tensor:
         """(B', N) per-token score; the highest of each cell is its destination."""
         raise NotImplementedError(f"{type(self).__name__} does not implement destination_score()")
 
@@ -131,12 +138,9 @@ class CellStrategyConfig(StrategyConfig):
         """
         return None
 
-    def plan(self, metric: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> MergePlan:
-        """Destinations per cell, then the floor(r * N) chosen sources merge into their best match."""
-        b, n, _ = metric.shape
-        n_merge = self.num_to_merge(n)
-        if n_merge == 0:
-            return MergePlan.identity(b, n, metric.device)
-        dst_score = self.destination_score(metric, grid)
+    def merge_plan(self, metric: Tensor, grid: tuple[int, int], n_merge: int, valid: Tensor | None) -> MergePlan:
+        """Destinations per cell, then the ``n_merge`` chosen sources merge into their best match."""
+        similarity = cosine_similarity(metric.float()) if self.uses_similarity else None
+        dst_score = self.destination_score(metric, grid, similarity)
         src_score = self.source_score(metric, grid, dst_score)
-        return cell_plan(metric, grid, n_merge, dst_score, src_score, strategy=self.name, valid=valid)
+        return cell_plan(metric, grid, n_merge, dst_score, src_score, self.name, valid, similarity)
