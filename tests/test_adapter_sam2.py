@@ -172,12 +172,12 @@ def test_exclude_padding_finds_hiera_padding(model, attn_inputs, kind):
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     grid = 4 if kind == "windowed_odd" else 8  # the block's unpadded map, in a batch of 2 images
     assert padding_mask(tokens).sum() == 2 * grid * grid < tokens.shape[0] * tokens.shape[1]
-    config = tomeplug.get_registry().strategy("tome")(r=0.5, exclude_padding=True)
-    plan = plan_merge(config, tokens, attn.qkv, attn.num_heads, x.shape[1:3])
+    setting = tomeplug.Setting(strategy=tomeplug.get_registry().strategy("tome")(r=0.5), exclude_padding=True)
+    plan = plan_merge(setting, tokens, attn.qkv, attn.num_heads, x.shape[1:3])
     padded = torch.zeros(plan.kept.shape).scatter_add_(1, plan.assignment, (~padding_mask(tokens)).float())
     assert not ((padded > 0) & (padded < plan.size)).any()  # no slot holds both padding and real tokens
     with torch.no_grad():
-        tomeplug.patch(model, config, layers=[BLOCKS[kind]])
+        tomeplug.patch(model, setting, layers=[BLOCKS[kind]])
         assert torch.isfinite(attn(x)).all()
 
 

@@ -8,6 +8,7 @@ import pickle
 import attrs
 import pytest
 import torch
+from tiny_models import _randomise, tiny_samvit, tiny_vit
 from torch import Tensor, nn
 
 import tomeplug
@@ -16,35 +17,7 @@ from tomeplug.plan import MergePlan
 from tomeplug_adapters.timm_samvit import merged_samvit_attention
 from tomeplug_adapters.timm_vit import TokenLayout, merged_vit_attention
 
-PREFIX, GRID, WINDOW = 3, (8, 8), 3  # class + 2 register tokens; 64 px / patch 8; 8x8 grid padded to 3x3 windows
-
-
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model.eval()
-
-
-def tiny_vit(**kwargs) -> nn.Module:
-    """VisionTransformer: embed 64, 4 heads, depth 4, 8x8 patch grid, class token and 2 register tokens."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    args = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4, class_token=True, reg_tokens=2)
-    return _randomise(VisionTransformer(**args, num_classes=0, qk_norm=True, **kwargs))
-
-
-def tiny_samvit(rope: bool = False) -> nn.Module:
-    """VisionTransformerSAM: 8x8 grid, 3x3 windows (padded) in blocks 0 and 2, global blocks 1 and 3."""
-    from timm.models.vision_transformer_sam import VisionTransformerSAM
-
-    pos = dict(use_rope=True) if rope else dict(use_rel_pos=True)
-    model = VisionTransformerSAM(
-        img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4, window_size=WINDOW,
-        global_attn_indexes=(1, 3), neck_chans=32, num_classes=0, **pos,
-    )  # fmt: skip
-    return _randomise(model)
+PREFIX, GRID, WINDOW = 3, (8, 8), 3  # of tiny_vit / tiny_samvit: class + 2 register tokens; 8x8 grid; 3x3 windows
 
 
 MODELS = {"vit": tiny_vit, "samvit": tiny_samvit, "samvit_rope": lambda: tiny_samvit(rope=True)}
@@ -139,7 +112,7 @@ def timm_attentions() -> list[nn.Module]:
 
     options = dict(qk_norm=True, scale_norm=True, gated=True, norm_layer=nn.LayerNorm)
     options = {k: v for k, v in options.items() if k in inspect.signature(Attention).parameters}
-    return [tiny_vit().blocks[0].attn, _randomise(Attention(64, num_heads=4, **options))]
+    return [tiny_vit().blocks[0].attn, _randomise(Attention(64, num_heads=4, **options), 0)]
 
 
 @pytest.mark.parametrize("fused", [True, False])

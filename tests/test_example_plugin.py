@@ -7,53 +7,20 @@ a user's ``pip install tomeplug-example-strategy`` would leave things.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import pytest
 import torch
+from tiny_models import TINY_MODELS
 
 import tomeplug
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "tomeplug-example-strategy"
 TESTS = Path(__file__).parent
-
-
-class TinyModel(NamedTuple):
-    """How to build a tiny model for an adapter and feed it."""
-
-    builder: str  # "module:function", importable from tests/
-    kwargs: dict[str, Any]
-    part: str | None  # attribute of the built model to patch and run, e.g. "image_encoder"
-    input_shape: tuple[int, ...]
-
-    def build(self) -> torch.nn.Module:
-        """The tiny model (or its ``part``)."""
-        module, _, function = self.builder.partition(":")
-        build = getattr(importlib.import_module(module), function, None)
-        if build is None:
-            raise LookupError(f"tests/{module}.py has no {function}(); TINY_MODELS in {__file__} names it")
-        model = build(**self.kwargs)
-        return getattr(model, self.part) if self.part else model
-
-    def make_input(self) -> torch.Tensor:
-        """A random input of the model's shape."""
-        return torch.randn(*self.input_shape, generator=torch.Generator().manual_seed(0))
-
-
-# A tiny model for every registered adapter. An adapter without one fails test_used_by_name_on_every_adapter.
-TINY_MODELS = {
-    "sam_vit": TinyModel("tiny_models:tiny_sam_encoder", {"package": "segment_anything"}, None, (1, 3, 256, 256)),
-    "hq_sam_vit": TinyModel("tiny_models:tiny_sam_encoder", {"package": "segment_anything_hq"}, None, (1, 3, 256, 256)),
-    "sam2_hiera": TinyModel("tiny_models:tiny_sam2", {}, "image_encoder", (1, 3, 128, 128)),
-    "timm_vit": TinyModel("test_adapter_timm:tiny_vit", {}, None, (1, 3, 64, 64)),
-    "timm_samvit": TinyModel("test_adapter_timm:tiny_samvit", {}, None, (1, 3, 64, 64)),
-}
 
 
 def use_example_on_every_adapter() -> None:
@@ -65,7 +32,9 @@ def use_example_on_every_adapter() -> None:
     ensure_torchvision()
     missing = sorted(set(tomeplug.list_adapters()) - set(TINY_MODELS))
     if missing:
-        sys.exit(f"no tiny model for the registered adapter(s) {missing}: add one to TINY_MODELS in {__file__}")
+        sys.exit(
+            f"no tiny model for the registered adapter(s) {missing}: add one to TINY_MODELS in tests/tiny_models.py"
+        )
     for name in tomeplug.list_adapters():
         spec = TINY_MODELS[name]
         handle = tomeplug.patch(spec.build(), "pool2x2", r=0.3)  # the adapter is found by matches()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -101,3 +103,56 @@ def tiny_hiera(seed: int = 0, **fields) -> nn.Module:
 
     options = dict(embed_dim=16, num_heads=1, stages=(2, 3, 5, 2), window_spec=(8, 4, 6, 3), global_att_blocks=(8,))
     return _randomise(Hiera(window_pos_embed_bkg_spatial_size=(4, 4), **{**options, **fields}), seed)
+
+
+def tiny_vit(**kwargs) -> nn.Module:
+    """VisionTransformer: embed 64, 4 heads, depth 4, 8x8 patch grid, class token and 2 register tokens."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    args = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4, class_token=True, reg_tokens=2)
+    return _randomise(VisionTransformer(**args, num_classes=0, qk_norm=True, **kwargs), 0)
+
+
+def tiny_samvit(rope: bool = False) -> nn.Module:
+    """VisionTransformerSAM: 8x8 grid, 3x3 windows (padded) in blocks 0 and 2, global blocks 1 and 3."""
+    from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+    pos = dict(use_rope=True) if rope else dict(use_rel_pos=True)
+    model = VisionTransformerSAM(
+        img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4, window_size=3,
+        global_attn_indexes=(1, 3), neck_chans=32, num_classes=0, **pos,
+    )  # fmt: skip
+    return _randomise(model, 0)
+
+
+class TinyModel(NamedTuple):
+    """How to build a tiny model for an adapter and feed it."""
+
+    builder: str  # "module:function", importable from tests/
+    kwargs: dict[str, Any]
+    part: str | None  # attribute of the built model to patch and run, e.g. "image_encoder"
+    input_shape: tuple[int, ...]
+
+    def build(self) -> torch.nn.Module:
+        """The tiny model (or its ``part``)."""
+        module, _, function = self.builder.partition(":")
+        build = getattr(importlib.import_module(module), function, None)
+        if build is None:
+            raise LookupError(f"tests/{module}.py has no {function}(); TINY_MODELS in {__file__} names it")
+        model = build(**self.kwargs)
+        return getattr(model, self.part) if self.part else model
+
+    def make_input(self) -> torch.Tensor:
+        """A random input of the model's shape."""
+        return torch.randn(*self.input_shape, generator=torch.Generator().manual_seed(0))
+
+
+# A tiny model for every registered adapter. An adapter without one fails
+# tests/test_adapter_contract.py and test_example_plugin.py's test_used_by_name_on_every_adapter.
+TINY_MODELS = {
+    "sam_vit": TinyModel("tiny_models:tiny_sam_encoder", {"package": "segment_anything"}, None, (1, 3, 256, 256)),
+    "hq_sam_vit": TinyModel("tiny_models:tiny_sam_encoder", {"package": "segment_anything_hq"}, None, (1, 3, 256, 256)),
+    "sam2_hiera": TinyModel("tiny_models:tiny_sam2", {}, "image_encoder", (1, 3, 128, 128)),
+    "timm_vit": TinyModel("tiny_models:tiny_vit", {}, None, (1, 3, 64, 64)),
+    "timm_samvit": TinyModel("tiny_models:tiny_samvit", {}, None, (1, 3, 64, 64)),
+}

@@ -37,15 +37,12 @@ class Pool2x2Config(StrategyConfig):
     max_r = 0.5
     max_r_reason = "each 2x2 cell keeps one token: a 1xN grid with N odd can merge only floor(N/2) tokens"
 
-    def plan(self, metric: Tensor, grid: tuple[int, int]) -> MergePlan:
-        """Merge the floor(r * N) tokens most similar to their cell's anchor into it."""
+    def merge_plan(self, metric: Tensor, grid: tuple[int, int], n_merge: int, valid: Tensor | None) -> MergePlan:
+        """Merge the ``n_merge`` tokens most similar to their cell's anchor into it (r = 0 never gets here)."""
         b, n, _ = metric.shape
         h, w = grid
         if h * w != n:
             raise ValueError(f"grid {h}x{w} does not hold the {n} tokens of each group")
-        n_merge = self.num_to_merge(n)
-        if n_merge == 0:
-            return MergePlan.identity(b, n, metric.device)
         anchor = cell_anchors(grid, metric.device)  # (N,)
         unit = F.normalize(metric, dim=-1)  # (B', N, C)
         score = (unit * unit[:, anchor]).sum(dim=-1)  # (B', N) cosine similarity to the anchor
