@@ -59,7 +59,7 @@ class ImageTask(Task):
         self.segmenter = make_segmenter(model, family, hq_token_only=self.setup.cfg.model.get("hq_token_only", True))
 
     def _batches(self, indices: list[int]) -> Iterator[list[int]]:
-        size = max(1, int(self.setup.cfg.batch_size))
+        size = int(self.setup.cfg.batch_size)  # >= 1: checked by run_spec.resolve
         for start in range(0, len(indices), size):
             yield indices[start : start + size]
 

@@ -7,6 +7,11 @@ numbers (model, weights, strategy, schedule, data, protocol, precision, device t
 so a finished run is recognised. Per-item results are keyed without ``limit`` (a larger limit reuses the
 finished items) and the reference outputs also without the strategy and the schedule: every strategy of a
 sweep shares the unmerged model's outputs.
+
+Bad configuration fails here or in :meth:`RunSpec.check`, before any item is computed: :func:`resolve`
+checks the scalar options (``dtype``, ``batch_size``, ``limit``, ...), ``check`` patches the built model
+and unpatches it at once, which raises every error ``tomeplug.patch`` would (strategy or plugin name,
+parameters, the ``r`` cap, ``layers`` against the model's depth, the preset, the scope).
 """
 
 from __future__ import annotations
@@ -26,6 +31,12 @@ import tomeplug
 from .sam_models import canonical_name, require_checkpoint, resolve_checkpoint
 
 BASELINE, MIX = "none", "mix"
+DTYPES: dict[str, str] = {
+    **dict.fromkeys(("float32", "fp32", "f32"), "float32"),
+    **dict.fromkeys(("bfloat16", "bf16"), "bfloat16"),
+    **dict.fromkeys(("float16", "fp16", "half"), "float16"),
+}
+"""Accepted ``dtype`` names and the torch dtype each stands for."""
 
 
 def plain(value: Any) -> Any:
@@ -49,6 +60,34 @@ def digest(data: Any) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def canonical_dtype(name: Any) -> str:
+    """The torch dtype name of a ``dtype`` option (``bf16`` -> ``bfloat16``); an error lists the valid names."""
+    key = str(name).lower()
+    if key not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not a precision; choose one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def _count(cfg: Any, key: str, least: int, optional: bool = False) -> None:
+    value = cfg[key]
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        none = " (or null)" if optional else ""
+        raise ValueError(f"{key}={value!r} is invalid: it must be an integer >= {least}{none}")
+
+
+def check_options(cfg: Any) -> None:
+    """Check the harness's scalar options; an error names the key, the value and what it must be."""
+    _count(cfg, "batch_size", 1)
+    _count(cfg, "limit", 1, optional=True)
+    _count(cfg, "warmup", 0)
+    _count(cfg, "speed_rounds", 0)
+    timeout = cfg.dist_timeout_s
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"dist_timeout_s={timeout!r} is invalid: it must be a number of seconds > 0")
+
+
 def weights_identity(path: Path | None, seed: int) -> str:
     """``random:<seed>``, or the checkpoint's absolute path with its size and modification time."""
     if path is None:
@@ -69,6 +108,7 @@ class RunSpec:
     reference_key: str
     items_key: str
     run_key: str
+    dtype: str = "float32"
 
     @property
     def baseline(self) -> bool:
@@ -87,9 +127,16 @@ class RunSpec:
         strategy = None if self.strategy == MIX else self.strategy
         return tomeplug.patch(model, strategy, self.layers, **self.params)
 
+    def check(self, model: nn.Module) -> None:
+        """Patch the unpatched ``model`` and unpatch it at once: a bad schedule fails before any item runs."""
+        if self.patch(model) is not None:
+            tomeplug.unpatch(model)
+
 
 def resolve(cfg: Any, device_type: str) -> RunSpec:
     """The :class:`RunSpec` of a composed harness config run on ``device_type`` (checkpoints must exist)."""
+    check_options(cfg)
+    dtype = canonical_dtype(cfg.dtype)
     model = canonical_name(cfg.model.name)
     checkpoint = resolve_checkpoint(model, cfg.checkpoint)
     if checkpoint is not None:
@@ -117,10 +164,10 @@ def resolve(cfg: Any, device_type: str) -> RunSpec:
         "dataset": dataset,
         "data_root": data_root,
         "keep_aspect": cfg.keep_aspect,
-        "dtype": cfg.dtype,
+        "dtype": dtype,
         "device": device_type,
         "batch_size": cfg.batch_size,
     }
     items = {**shared, "strategy": strategy, "params": params, "layers": layers}
     run_key = digest({**items, "limit": cfg.limit})
-    return RunSpec(model, checkpoint, strategy, params, layers, digest(shared), digest(items), run_key)
+    return RunSpec(model, checkpoint, strategy, params, layers, digest(shared), digest(items), run_key, dtype=dtype)

@@ -1,10 +1,12 @@
 """One harness job: resolve, skip if finished, evaluate this rank's unfinished items, gather, record.
 
-Steps: resolve the config (:mod:`.run_spec`); skip a run key already in ``results.jsonl``; load the
-dataset listing (bad paths fail here); build the model (seeded, so random weights agree across ranks)
-and load its checkpoint strictly; let the task prepare with the model unpatched (reference outputs);
-patch; evaluate this rank's unfinished items, caching each; gather every rank's records on rank 0;
-count FLOPs (once per model, schedule and input size: cached); write the run's line and the tables.
+Steps: resolve the config (:mod:`.run_spec`: bad options fail here); skip a run key already in
+``results.jsonl``; load the dataset listing (bad paths fail here); build the model (seeded, so random
+weights agree across ranks), load its checkpoint strictly and check the schedule on it (patch and unpatch
+at once: a bad strategy, parameter or ``layers`` fails here, before any item is computed); let the task
+prepare with the model unpatched (reference outputs); patch; evaluate this rank's unfinished items,
+caching each; gather every rank's records on rank 0; count FLOPs (once per model, schedule and input size:
+cached); write the run's line and the tables.
 """
 
 from __future__ import annotations
@@ -71,11 +73,11 @@ def run(cfg: Any) -> dict[str, Any] | None:
     started = time.perf_counter()
     probe = distributed.world_from_env()
     device = pick_device(str(cfg.device), probe)
-    world = distributed.init(device.type)
+    spec = resolve(cfg, device.type)
+    world = distributed.init(device.type, float(cfg.dist_timeout_s))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     output_dir = Path(cfg.output_dir)
-    spec = resolve(cfg, device.type)
     results = ResultsFile(output_dir)
     title = f"{spec.model} / {spec.strategy} / {cfg.dataset.name} (run {spec.run_key})"
     if distributed.broadcast(bool(cfg.resume) and results.finished(spec.run_key) is not None, world):
@@ -90,6 +92,7 @@ def run(cfg: Any) -> dict[str, Any] | None:
         _say(world, f"[tomeplug] !!! {spec.model}: RANDOM WEIGHTS ({why}); FLOPs and timings real, masks meaningless")
     family = model_spec(spec.model).family
     model = _build(spec, cfg, device, task.model_options(family))
+    spec.check(model)  # a bad schedule fails here, before the reference pass
     task.bind(model, family)
     cache = ItemCache(output_dir, spec.items_key, world.rank)
     if not cfg.resume and world.is_main:

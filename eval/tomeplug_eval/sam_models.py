@@ -167,9 +167,13 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        lines = str(error).splitlines()  # may be none: torch.load of a 0-byte file raises a bare EOFError
+        why = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        if path.stat().st_size == 0:
+            why = "0 bytes: an empty file"
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0]}); the file is "
-            f"truncated, corrupt or not a PyTorch state dict: {_download_hint(name)}"
+            f"cannot read checkpoint {path} ({why}); the file is truncated, corrupt or not a PyTorch state dict: "
+            f"{_download_hint(name)}"
         ) from error
     if spec.state_dict_key is not None and isinstance(state, dict) and spec.state_dict_key in state:
         state = state[spec.state_dict_key]

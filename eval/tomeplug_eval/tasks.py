@@ -76,7 +76,7 @@ class Task:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's ``dtype`` as autocast (nothing for float32)."""
-        dtype = getattr(torch, str(self.setup.cfg.dtype))
+        dtype = getattr(torch, self.setup.spec.dtype)
         if dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.setup.device.type, dtype=dtype)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import attrs
 import numpy as np
-from PIL import Image
 
+from ..image_files import load_image
 from .item import ImageDataset, ImageItem
 
 GT_THRESHOLD = 128  # foreground: gt value > 128 (HQ-SAM's misc.py)
@@ -49,18 +49,17 @@ LAYOUTS: dict[str, HQSAMLayout] = {
 
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB (grey images repeated to three channels)."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    return np.asarray(load_image(path).convert("RGB"))
 
 
 def read_gt_mask(path: Path) -> np.ndarray:
     """A ground-truth PNG as an (H, W) bool mask: first channel, foreground where the value is > 128."""
-    with Image.open(path) as img:
-        if img.mode == "1":
-            return np.asarray(img).astype(bool)
-        if img.mode in ("P", "PA"):
-            img = img.convert("RGB")  # palette indices are not intensities
-        values = np.asarray(img)
+    img = load_image(path)
+    if img.mode == "1":
+        return np.asarray(img).astype(bool)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGB")  # palette indices are not intensities
+    values = np.asarray(img)
     if values.ndim == 3:
         values = values[..., 0]
     return values > GT_THRESHOLD

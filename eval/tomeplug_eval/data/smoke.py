@@ -15,8 +15,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from ..image_files import load_image
 from .hqsam_layout import read_rgb
 from .item import ImageItem, LazyDataset
 
@@ -59,8 +59,7 @@ def read_array(path: Path) -> np.ndarray:
     try:
         import tifffile
     except ImportError:
-        with Image.open(path) as img:
-            return np.asarray(img)
+        return np.asarray(load_image(path))
     return tifffile.imread(path)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..image_files import load_image
 from .item import Masks, VideoItem
 
 VOID = 255
@@ -52,21 +53,21 @@ def frame_size(path: Path) -> tuple[int, int]:
 
 def read_id_png(path: Path) -> np.ndarray:
     """A DAVIS-layout annotation as an (H, W) uint8 array of object ids (255 = void)."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L"):
-            raise ValueError(
-                f"annotation {path} is a mode {img.mode!r} PNG; expected a palette (P) PNG whose values are "
-                "object ids (0 background, 255 void)"
-            )
-        return np.asarray(img, dtype=np.uint8).copy()
+    img = load_image(path)
+    if img.mode not in ("P", "L"):
+        raise ValueError(
+            f"annotation {path} is a mode {img.mode!r} PNG; expected a palette (P) PNG whose values are "
+            "object ids (0 background, 255 void)"
+        )
+    return np.asarray(img, dtype=np.uint8).copy()
 
 
 def read_binary_png(path: Path) -> np.ndarray:
     """An SA-V per-object annotation as an (H, W) bool mask (non-zero is the object)."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L", "1"):
-            raise ValueError(f"annotation {path} is a mode {img.mode!r} PNG; expected a one-object binary PNG")
-        values = np.asarray(img)
+    img = load_image(path)
+    if img.mode not in ("P", "L", "1"):
+        raise ValueError(f"annotation {path} is a mode {img.mode!r} PNG; expected a one-object binary PNG")
+    values = np.asarray(img)
     if len(np.unique(values)) > 2:
         raise ValueError(f"annotation {path} holds more than one object value; SA-V masks are one object per PNG")
     return values != 0

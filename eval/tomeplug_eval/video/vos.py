@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..image_files import load_image
 from .item import Masks, VideoItem
 from .metrics import region_j
 from .png_io import pack_ids, write_predictions
@@ -134,6 +135,16 @@ def sam2_progress_bars(show: bool) -> Iterator[None]:
         yield
 
 
+def _init_state(predictor: nn.Module, item: VideoItem, offload_video_to_cpu: bool) -> dict[str, Any]:
+    """SAM 2's ``init_state`` on the item's frames; a frame it cannot decode is named (SAM 2 does not say which)."""
+    try:
+        return predictor.init_state(str(item.frame_dir), offload_video_to_cpu=offload_video_to_cpu)
+    except (OSError, SyntaxError):
+        for frame in item.frame_paths:
+            load_image(frame)  # raises ImageFileError naming the first frame that does not decode
+        raise
+
+
 def run_vos(
     predictor: nn.Module,
     item: VideoItem,
@@ -158,7 +169,7 @@ def run_vos(
     start = time.perf_counter()
     try:
         with EncoderTimer(predictor.image_encoder) as timer, torch.inference_mode(), sam2_progress_bars(progress):
-            state = predictor.init_state(str(item.frame_dir), offload_video_to_cpu=offload_video_to_cpu)
+            state = _init_state(predictor, item, offload_video_to_cpu)
             got = (state["num_frames"], (state["video_height"], state["video_width"]))
             if got != (item.num_frames, item.size):
                 raise ValueError(
