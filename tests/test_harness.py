@@ -91,7 +91,7 @@ def test_finished_run_is_skipped(tmp_path):
 
 def test_interrupted_run_completes_only_missing_items(tmp_path, monkeypatch):
     full = run(tmp_path / "full", "strategy=tome", "flops=false")
-    cached = ItemCache(tmp_path / "full", full["items_key"]).load()
+    cached = {r["index"]: r for r in ItemCache(tmp_path / "full", full["items_key"]).load().values()}
     partial = ItemCache(tmp_path / "part", full["items_key"])
     partial.append(cached[0])
     partial.append(cached[2])
@@ -103,7 +103,7 @@ def test_interrupted_run_completes_only_missing_items(tmp_path, monkeypatch):
     resumed = run(tmp_path / "part", "strategy=tome", "flops=false")
     assert seen == [[1]] and resumed["run_key"] == full["run_key"]
     assert resumed["metrics"] == full["metrics"] and resumed["images"] == 3
-    assert sorted(ItemCache(tmp_path / "part", full["items_key"]).load()) == [0, 1, 2]
+    assert sorted(r["index"] for r in ItemCache(tmp_path / "part", full["items_key"]).load().values()) == [0, 1, 2]
     grown = run(tmp_path / "part", "strategy=tome", "flops=false", "limit=4")  # a larger limit: a new run
     assert seen == [[1], [3]] and grown["images"] == 4 and grown["run_key"] != full["run_key"]
 
@@ -177,7 +177,7 @@ def test_help_lists_the_groups():
 def test_tables_compare_against_the_baseline():
     def record(strategy: str, seconds: float, gflops: float) -> dict:
         return {
-            "run_key": strategy, "model": "m", "weights": "random", "dataset": "d", "device": "cpu",
+            "run_key": strategy, "model": "m", "weights": "random", "dataset": "d", "device": "cpu", "items": "i",
             "strategy": strategy, "layers": [0, 2] if strategy != "none" else None, "params": {},
             "metrics": {"emb_cos": 0.99, "miou": 0.5}, "latency": {"encoder_s": seconds}, "images": 2,
             "flops": {"gflops": gflops, "ratio": gflops / 10, "overhead_g": 0.0}, "peak_mem_mb": None,

@@ -3,17 +3,20 @@
 ``strategy.name`` is ``none`` (the unmerged baseline), ``mix`` (``layers`` is a ``{block: strategy}``
 mapping) or a registered strategy; the strategy node's other non-null keys are that strategy's parameters,
 ``r`` (when not null) applies to every merged block. The run key hashes everything that changes the
-numbers (model, weights, strategy, schedule, data, protocol, precision, device type, batch size, limit),
-so a finished run is recognised. Per-item results are keyed without ``limit`` (a larger limit reuses the
-finished items) and the reference outputs also without the strategy and the schedule: every strategy of a
-sweep shares the unmerged model's outputs.
+numbers (model, weights, strategy, schedule, data, protocol, precision, device type, batch size, limit,
+the merging code and the plugins it uses, :mod:`.code_identity`) and the item set: the identity of every
+item the run reads (:meth:`~.data.item.IndexedDataset.identity`), so a finished run is recognised and a
+run over other items, or with other merging code, is not. Per-item results are keyed without ``limit`` or
+the item set (each cached item carries its own identity, so a larger limit reuses the finished items), and
+the reference outputs also without the strategy, the schedule and the merging code: every strategy of a
+sweep shares the unmerged model's outputs, stored per item identity.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from torch import nn
 
 import tomeplug
 
+from . import code_identity
 from .sam_models import canonical_name, require_checkpoint, resolve_checkpoint
 
 BASELINE, MIX = "none", "mix"
@@ -49,6 +53,11 @@ def digest(data: Any) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def item_set_digest(item_keys: Sequence[str]) -> str:
+    """The fingerprint of the items a run covers: a hash of every item's key, in index order."""
+    return digest(list(item_keys))
+
+
 def weights_identity(path: Path | None, seed: int) -> str:
     """``random:<seed>``, or the checkpoint's absolute path with its size and modification time."""
     if path is None:
@@ -68,7 +77,12 @@ class RunSpec:
     layers: Any
     reference_key: str
     items_key: str
-    run_key: str
+    config_key: str
+    merging_code: dict[str, Any] | None
+
+    def run_key(self, item_set: str) -> str:
+        """The key of this job over the items fingerprinted by ``item_set`` (:func:`item_set_digest`)."""
+        return digest({"config": self.config_key, "items": item_set})
 
     @property
     def baseline(self) -> bool:
@@ -121,6 +135,7 @@ def resolve(cfg: Any, device_type: str) -> RunSpec:
         "device": device_type,
         "batch_size": cfg.batch_size,
     }
-    items = {**shared, "strategy": strategy, "params": params, "layers": layers}
-    run_key = digest({**items, "limit": cfg.limit})
-    return RunSpec(model, checkpoint, strategy, params, layers, digest(shared), digest(items), run_key)
+    code = None if strategy == BASELINE else code_identity.merging_identity(strategy, layers, MIX)
+    items = {**shared, "strategy": strategy, "params": params, "layers": layers, "merging_code": code}
+    config_key = digest({**items, "limit": cfg.limit})
+    return RunSpec(model, checkpoint, strategy, params, layers, digest(shared), digest(items), config_key, code)
