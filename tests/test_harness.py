@@ -18,6 +18,7 @@ from hydra.core.singleton import Singleton
 from tiny_models import tiny_sam_encoder
 
 import tomeplug
+from tomeplug.setting import OPTION_NAMES
 from tomeplug_eval import image_task, runner, tables
 from tomeplug_eval.results import ItemCache, ResultsFile
 from tomeplug_eval.sam_models import CheckpointError
@@ -60,7 +61,7 @@ def test_config_pins_groups_and_keys(registry):
     for name, entry in registry.strategies.items():  # every built-in strategy has a config with its own params
         with composed(f"strategy={name}") as cfg:
             params = set(cfg.strategy) - {"name"}
-            assert cfg.strategy.name == name and params <= set(attrs.fields_dict(entry.obj)), name
+            assert cfg.strategy.name == name and params <= set(attrs.fields_dict(entry.obj)) | set(OPTION_NAMES), name
 
 
 def test_multirun_of_two_strategies_gives_two_rows(tmp_path):
@@ -91,7 +92,7 @@ def test_finished_run_is_skipped(tmp_path):
 
 def test_interrupted_run_completes_only_missing_items(tmp_path, monkeypatch):
     full = run(tmp_path / "full", "strategy=tome", "flops=false")
-    cached = ItemCache(tmp_path / "full", full["items_key"]).load()
+    cached = {r["index"]: r for r in ItemCache(tmp_path / "full", full["items_key"]).load().values()}
     partial = ItemCache(tmp_path / "part", full["items_key"])
     partial.append(cached[0])
     partial.append(cached[2])
@@ -103,7 +104,7 @@ def test_interrupted_run_completes_only_missing_items(tmp_path, monkeypatch):
     resumed = run(tmp_path / "part", "strategy=tome", "flops=false")
     assert seen == [[1]] and resumed["run_key"] == full["run_key"]
     assert resumed["metrics"] == full["metrics"] and resumed["images"] == 3
-    assert sorted(ItemCache(tmp_path / "part", full["items_key"]).load()) == [0, 1, 2]
+    assert sorted(r["index"] for r in ItemCache(tmp_path / "part", full["items_key"]).load().values()) == [0, 1, 2]
     grown = run(tmp_path / "part", "strategy=tome", "flops=false", "limit=4")  # a larger limit: a new run
     assert seen == [[1], [3]] and grown["images"] == 4 and grown["run_key"] != full["run_key"]
 
@@ -177,7 +178,7 @@ def test_help_lists_the_groups():
 def test_tables_compare_against_the_baseline():
     def record(strategy: str, seconds: float, gflops: float) -> dict:
         return {
-            "run_key": strategy, "model": "m", "weights": "random", "dataset": "d", "device": "cpu",
+            "run_key": strategy, "model": "m", "weights": "random", "dataset": "d", "device": "cpu", "items": "i",
             "strategy": strategy, "layers": [0, 2] if strategy != "none" else None, "params": {},
             "metrics": {"emb_cos": 0.99, "miou": 0.5}, "latency": {"encoder_s": seconds}, "images": 2,
             "flops": {"gflops": gflops, "ratio": gflops / 10, "overhead_g": 0.0}, "peak_mem_mb": None,

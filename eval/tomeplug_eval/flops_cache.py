@@ -2,7 +2,8 @@
 
 FLOPs do not depend on the weights or on the image content (merging removes a fixed share of every
 attention call's tokens), so one count serves every dataset and every rerun of a schedule: a sweep of
-seven strategies over two datasets traces seven forwards, not fourteen.
+seven strategies over two datasets traces seven forwards, not fourteen. A patched count is also keyed by
+the merging code (:mod:`.code_identity`): an edited strategy is counted again.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from .results import atomic_write, read_json
 from .run_spec import digest
 
 
-def encoder_flops(task: Any, output_dir: Path, model: str, handle: tomeplug.PatchHandle | None) -> dict[str, Any]:
-    """The FLOP report (``FlopReport.to_dict()``) of the task's encoder as currently patched (None: dense)."""
+def encoder_flops(
+    task: Any, output_dir: Path, model: str, handle: tomeplug.PatchHandle | None, code: Any = None
+) -> dict[str, Any]:
+    """The FLOP report (``FlopReport.to_dict()``) of the task's encoder as currently patched (None: dense),
+    ``code`` being the merging code's identity (``RunSpec.merging_code``)."""
     encoder, inputs = task.flops_input()
-    schedule = None if handle is None else handle.to_dict()
+    schedule = None if handle is None else {"blocks": handle.to_dict(), "code": code}
     key = digest({"model": model, "schedule": schedule, "input": [list(x.shape) for x in inputs]})
     path = Path(output_dir) / "cache" / "flops" / f"{key}.json"
     cached = read_json(path)

@@ -86,12 +86,12 @@ class ImageTask(Task):
 
     def prepare(self, indices: list[int]) -> None:
         """Compute the unmerged model's missing reference outputs (not needed by the baseline itself)."""
-        missing = [] if self.setup.spec.baseline else [i for i in indices if i not in self.references]
+        missing = [] if self.setup.spec.baseline else [i for i in indices if self.item_key(i) not in self.references]
         with self._progress(len(missing), "reference") as bar:
             for chunk in self._batches(missing):
                 outputs, _, _ = self._predict([self.dataset[i] for i in chunk])
                 for index, output in zip(chunk, outputs, strict=True):
-                    self.references.save(index, output)
+                    self.references.save(self.item_key(index), output)
                 bar.update(len(chunk))
 
     def evaluate(self, indices: list[int]) -> Iterator[dict[str, Any]]:
@@ -102,9 +102,10 @@ class ImageTask(Task):
                 items = [self.dataset[i] for i in chunk]
                 outputs, seconds, peak_mb = self._predict(items, warmup if n == 0 else 0, metered=cuda or n == 0)
                 for index, item, output in zip(chunk, items, outputs, strict=True):
-                    if baseline and index not in self.references:
-                        self.references.save(index, output)
-                    ref = output if baseline else self.references.load(index)
+                    key = self.item_key(index)
+                    if baseline and key not in self.references:
+                        self.references.save(key, output)
+                    ref = output if baseline else self.references.load(key)
                     yield {
                         "index": index,
                         "name": item.name,

@@ -6,7 +6,7 @@ Layout under ``output_dir``::
     results.csv, results.md    tables across every run in results.jsonl, regenerated after each run
     results.png                accuracy and fidelity against GFLOPs and latency
     cache/items/<key>/         per-item results, one rank<r>.jsonl per writer (resume skips these items)
-    cache/reference/<key>/     the unpatched model's masks and embeddings per item (fidelity)
+    cache/reference/<key>/     the unpatched model's masks and embeddings per item key (fidelity)
     cache/flops/<key>.json     encoder FLOPs per model, schedule and input size
 
 Every whole-file write goes to a temporary file in the same folder and is moved into place with
@@ -110,19 +110,21 @@ class ItemCache:
     """Per-item results of one run, for resume: ``cache/items/<items key>/rank<r>.jsonl``.
 
     Every rank appends only to its own file and reads all of them, so a run resumed with another number of
-    processes still skips every finished item.
+    processes still skips every finished item. Each record carries its item's key (``"item"``, the item's
+    identity): a record is found by that key, never by its index, so an item that changed is recomputed.
     """
 
     def __init__(self, output_dir: str | Path, key: str, rank: int = 0) -> None:
         self.dir = Path(output_dir) / "cache" / "items" / key
         self.path = self.dir / f"rank{rank}.jsonl"
 
-    def load(self) -> dict[int, dict[str, Any]]:
-        """Finished items by index (from every writer's file)."""
-        done: dict[int, dict[str, Any]] = {}
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Finished items by item key (from every writer's file; records without a key are ignored)."""
+        done: dict[str, dict[str, Any]] = {}
         for path in sorted(self.dir.glob("rank*.jsonl")):
             for record in read_jsonl(path):
-                done[int(record["index"])] = record
+                if "item" in record:
+                    done[record["item"]] = record
         return done
 
     def clear(self) -> None:
@@ -130,7 +132,7 @@ class ItemCache:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one item's record durably (one line, flushed and synced)."""
+        """Append one item's record (with its ``"item"`` key) durably (one line, flushed and synced)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab+") as f:
             torn = False

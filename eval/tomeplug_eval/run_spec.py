@@ -3,10 +3,13 @@
 ``strategy.name`` is ``none`` (the unmerged baseline), ``mix`` (``layers`` is a ``{block: strategy}``
 mapping) or a registered strategy; the strategy node's other non-null keys are that strategy's parameters,
 ``r`` (when not null) applies to every merged block. The run key hashes everything that changes the
-numbers (model, weights, strategy, schedule, data, protocol, precision, device type, batch size, limit),
-so a finished run is recognised. Per-item results are keyed without ``limit`` (a larger limit reuses the
-finished items) and the reference outputs also without the strategy and the schedule: every strategy of a
-sweep shares the unmerged model's outputs.
+numbers (model, weights, strategy, schedule, data, protocol, precision, device type, batch size, limit,
+the merging code and the plugins it uses, :mod:`.code_identity`) and the item set: the identity of every
+item the run reads (:meth:`~.data.item.IndexedDataset.identity`), so a finished run is recognised and a
+run over other items, or with other merging code, is not. Per-item results are keyed without ``limit`` or
+the item set (each cached item carries its own identity, so a larger limit reuses the finished items), and
+the reference outputs also without the strategy, the schedule and the merging code: every strategy of a
+sweep shares the unmerged model's outputs, stored per item identity.
 
 Bad configuration fails here or in :meth:`RunSpec.check`, before any item is computed: :func:`resolve`
 checks the scalar options (``dtype``, ``batch_size``, ``limit``, ...), ``check`` patches the built model
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from torch import nn
 
 import tomeplug
 
+from . import code_identity
 from .sam_models import canonical_name, require_checkpoint, resolve_checkpoint
 
 BASELINE, MIX = "none", "mix"
@@ -58,6 +62,11 @@ def _layers(value: Any) -> Any:
 def digest(data: Any) -> str:
     """A short stable hash of JSON-able data."""
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def item_set_digest(item_keys: Sequence[str]) -> str:
+    """The fingerprint of the items a run covers: a hash of every item's key, in index order."""
+    return digest(list(item_keys))
 
 
 def canonical_dtype(name: Any) -> str:
@@ -107,8 +116,13 @@ class RunSpec:
     layers: Any
     reference_key: str
     items_key: str
-    run_key: str
+    config_key: str
+    merging_code: dict[str, Any] | None
     dtype: str = "float32"
+
+    def run_key(self, item_set: str) -> str:
+        """The key of this job over the items fingerprinted by ``item_set`` (:func:`item_set_digest`)."""
+        return digest({"config": self.config_key, "items": item_set})
 
     @property
     def baseline(self) -> bool:
@@ -168,6 +182,9 @@ def resolve(cfg: Any, device_type: str) -> RunSpec:
         "device": device_type,
         "batch_size": cfg.batch_size,
     }
-    items = {**shared, "strategy": strategy, "params": params, "layers": layers}
-    run_key = digest({**items, "limit": cfg.limit})
-    return RunSpec(model, checkpoint, strategy, params, layers, digest(shared), digest(items), run_key, dtype=dtype)
+    code = None if strategy == BASELINE else code_identity.merging_identity(strategy, layers, MIX)
+    items = {**shared, "strategy": strategy, "params": params, "layers": layers, "merging_code": code}
+    config_key = digest({**items, "limit": cfg.limit})
+    return RunSpec(
+        model, checkpoint, strategy, params, layers, digest(shared), digest(items), config_key, code, dtype=dtype
+    )

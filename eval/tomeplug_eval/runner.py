@@ -1,12 +1,12 @@
 """One harness job: resolve, skip if finished, evaluate this rank's unfinished items, gather, record.
 
-Steps: resolve the config (:mod:`.run_spec`: bad options fail here); skip a run key already in
-``results.jsonl``; load the dataset listing (bad paths fail here); build the model (seeded, so random
-weights agree across ranks), load its checkpoint strictly and check the schedule on it (patch and unpatch
-at once: a bad strategy, parameter or ``layers`` fails here, before any item is computed); let the task
-prepare with the model unpatched (reference outputs); patch; evaluate this rank's unfinished items,
-caching each; gather every rank's records on rank 0; count FLOPs (once per model, schedule and input size:
-cached); write the run's line and the tables.
+Steps: resolve the config (:mod:`.run_spec`: bad options fail here); load the dataset listing (bad paths
+fail here) and key every item by its identity; skip a run key (config, merging code and item set) already
+in ``results.jsonl``; build the model (seeded, so random weights agree across ranks), load its checkpoint
+strictly and check the schedule on it (patch and unpatch at once: a bad strategy, parameter or ``layers``
+fails here, before any item is computed); let the task prepare with the model unpatched (reference
+outputs); patch; evaluate this rank's unfinished items, caching each; gather every rank's records on rank
+0; count FLOPs (once per model, schedule and input size: cached); write the run's line and the tables.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from . import distributed
 from .flops_cache import encoder_flops
 from .report import write_reports
 from .results import ItemCache, ResultsFile, locked
-from .run_spec import RunSpec, plain, resolve
+from .run_spec import RunSpec, item_set_digest, plain, resolve
 from .sam_models import RandomWeightsWarning, build_model, default_checkpoint, model_spec
 from .speed_check import interleaved_speed
+from .tables import item_set_notes
 from .tasks import Task, TaskSetup, task_class
 
 
@@ -79,14 +80,17 @@ def run(cfg: Any) -> dict[str, Any] | None:
         torch.set_num_threads(int(cfg.threads))
     output_dir = Path(cfg.output_dir)
     results = ResultsFile(output_dir)
-    title = f"{spec.model} / {spec.strategy} / {cfg.dataset.name} (run {spec.run_key})"
-    if distributed.broadcast(bool(cfg.resume) and results.finished(spec.run_key) is not None, world):
-        _say(world, f"[tomeplug] {title}: finished earlier, skipped (resume=false reruns it)")
-        return None
     task: Task = task_class(str(cfg.dataset.task))(TaskSetup(cfg, spec, device, world, output_dir))
     count = len(task) if cfg.limit is None else min(len(task), int(cfg.limit))
     if count == 0:
         raise ValueError(f"dataset {cfg.dataset.name!r} has no items to evaluate")
+    keys = [task.item_key(i) for i in range(count)]  # what each item is: its files, or what generates it
+    item_set = item_set_digest(keys)
+    run_key = spec.run_key(item_set)
+    title = f"{spec.model} / {spec.strategy} / {cfg.dataset.name} (run {run_key})"
+    if distributed.broadcast(bool(cfg.resume) and results.finished(run_key) is not None, world):
+        _say(world, f"[tomeplug] {title}: finished earlier, skipped (resume=false reruns it)")
+        return None
     if spec.weights == "random":
         why = _why_random(spec, cfg)
         _say(world, f"[tomeplug] !!! {spec.model}: RANDOM WEIGHTS ({why}); FLOPs and timings real, masks meaningless")
@@ -99,15 +103,17 @@ def run(cfg: Any) -> dict[str, Any] | None:
         cache.clear()
     distributed.barrier(world)
     mine = distributed.shard(range(count), world)
-    wanted = set(mine)
-    done = {i: r for i, r in cache.load().items() if i in wanted}
+    cached = cache.load()  # by item key: an item that changed or moved is found only under its own key
+    done = {i: {**cached[keys[i]], "index": i} for i in mine if keys[i] in cached}
     todo = [i for i in mine if i not in done]
     _say(world, f"[tomeplug] {title}: {count} items, {world.size} process(es), {len(done)} cached on rank 0")
     task.prepare(todo)
     dense = encoder_flops(task, output_dir, spec.model, None) if world.is_main and cfg.flops else None
     handle = spec.patch(model)
-    flops = encoder_flops(task, output_dir, spec.model, handle) if world.is_main and cfg.flops else None
+    code = spec.merging_code
+    flops = encoder_flops(task, output_dir, spec.model, handle, code) if world.is_main and cfg.flops else None
     for record in task.evaluate(todo):
+        record = {**record, "item": keys[record["index"]]}
         cache.append(record)
         done[record["index"]] = record
     gathered = distributed.gather(list(done.values()), world)
@@ -123,8 +129,10 @@ def run(cfg: Any) -> dict[str, Any] | None:
     if [r["index"] for r in records] != list(range(count)):
         raise RuntimeError(f"gathered items do not cover 0..{count - 1} exactly once")
     record = {
-        "run_key": spec.run_key,
+        "run_key": run_key,
+        "items": item_set,
         "items_key": spec.items_key,
+        "merging_code": spec.merging_code,
         "model": spec.model,
         "weights": spec.weights,
         "checkpoint": None if spec.checkpoint is None else str(spec.checkpoint),
@@ -148,7 +156,10 @@ def run(cfg: Any) -> dict[str, Any] | None:
         record["latency"] = {**record["latency"], "interleaved": speed}
     record = json.loads(json.dumps(record))  # as stored: JSON keys and types
     with locked(output_dir):
-        write_reports(results.add(record), output_dir)
+        records = results.add(record)
+        write_reports(records, output_dir)
+    for note in item_set_notes(records):
+        _say(world, f"[tomeplug] note: {note}")
     return record
 
 

@@ -1,8 +1,13 @@
 """Tables across a sweep: every run of ``results.jsonl`` as one row of a CSV and of a markdown table.
 
 Speedup and FLOPs ratio are relative to the unmerged baseline: the ``strategy=none`` run of the same model,
-weights, dataset and device when it is in the file (speedup), and the dense FLOPs count every run records.
-Accuracy and fidelity metrics are shown in percent, cosines as they are.
+weights, dataset, device and item set when it is in the file (speedup), and the dense FLOPs count every run
+records. Accuracy and fidelity metrics are shown in percent, cosines as they are.
+
+Every row names its item set (``items``: the fingerprint of the items it was computed over, see
+:mod:`.run_spec`). Rows of one dataset over different item sets (the folder changed between runs) are not
+comparable: the markdown table says so under the table (:func:`item_set_notes`), and a row without a
+``none`` row over its own items gets no speedup.
 """
 
 from __future__ import annotations
@@ -39,17 +44,40 @@ def schedule_label(record: dict[str, Any]) -> str:
 
 
 def _baseline_key(record: dict[str, Any]) -> tuple[Any, ...]:
-    return record["model"], record["weights"], record["dataset"], record.get("device")
+    return record["model"], record["weights"], record["dataset"], record.get("device"), record.get("items")
+
+
+def short_items(record: dict[str, Any]) -> str:
+    """The first 8 characters of a record's item-set fingerprint; ``?`` for a record written without one."""
+    return (record.get("items") or "?")[:8]
+
+
+def mixed_item_sets(records: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """The datasets whose rows were computed over more than one item set, with those sets (:func:`short_items`;
+    a record without a fingerprint counts as a set of its own)."""
+    sets: dict[str, dict[str, None]] = {}
+    for r in records:
+        sets.setdefault(str(r.get("dataset")), {})[short_items(r)] = None
+    return {dataset: list(found) for dataset, found in sets.items() if len(found) > 1}
+
+
+def item_set_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per dataset of :func:`mixed_item_sets`, saying that its rows over different items do not compare."""
+    return [
+        f"{dataset}: rows over {len(found)} different item sets (items {', '.join(found)}): the data changed "
+        "between runs; compare rows only within one item set (speedup is only against a none row over the same items)"
+        for dataset, found in mixed_item_sets(records).items()
+    ]
 
 
 def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per record: identity, parameters, metrics, costs (speedup: the run's own interleaved
     check where it made one, else its latency against the ``none`` run's)."""
-    baselines = {_baseline_key(r): r for r in records if r.get("strategy") == "none"}
+    baselines = {_baseline_key(r): r for r in records if r.get("strategy") == "none" and r.get("items")}
     out = []
     for r in records:
         flops, latency = r.get("flops") or {}, r.get("latency") or {}
-        base = baselines.get(_baseline_key(r))
+        base = baselines.get(_baseline_key(r))  # never one over other (or unknown) items
         base_s = ((base or {}).get("latency") or {}).get("encoder_s")
         own_s = latency.get("encoder_s")
         interleaved = (latency.get("interleaved") or {}).get("speedup")  # this run's own ABBA timing
@@ -67,6 +95,7 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             images=r.get("images", r.get("frames")),  # encoder images: a video frame is one
             objects=r.get("objects"),
             device=r.get("device"),
+            items=r.get("items"),
             run_key=r.get("run_key"),
         )
         out.append(row)
@@ -102,13 +131,16 @@ def _metric_cell(name: str, value: Any) -> str:
 
 
 def to_markdown(records: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of every run: identity, metrics (percent; cosines raw), costs."""
+    """A markdown table of every run: identity, metrics (percent; cosines raw), costs, item set; then a note
+    for each dataset whose rows cover different item sets (:func:`item_set_notes`)."""
     table = rows(records)
     metrics = metric_names(records)
-    head = [*IDENTITY, *(METRIC_LABELS.get(m, m) for m in metrics), *(label for _, label, _ in COSTS)]
+    head = [*IDENTITY, *(METRIC_LABELS.get(m, m) for m in metrics), *(label for _, label, _ in COSTS), "items"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
-    for row in table:
+    for record, row in zip(records, table, strict=True):
         cells = [str(row[key]) for key in IDENTITY] + [_metric_cell(m, row.get(m)) for m in metrics]
         cells += ["-" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in COSTS]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([*cells, short_items(record)]) + " |")
+    notes = item_set_notes(records)
+    lines += ["", *(f"**Note**: {note}." for note in notes)] if notes else []
     return "\n".join(lines) + "\n"

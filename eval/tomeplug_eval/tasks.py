@@ -9,6 +9,7 @@ Lifecycle of one job, as the runner drives it::
 
     task = TaskClass(setup)          # loads the dataset listing (bad paths fail here, before any model)
     len(task)                        # the number of items
+    task.item_key(index)             # what an item is (its files' stamps, hashed): keys its caches and the run
     task.model_options(family)       # how to build the model (build_model options)
     task.bind(model, family)         # the built model, unpatched
     task.prepare(todo)               # with the model unpatched: e.g. the reference outputs for fidelity
@@ -31,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .distributed import World
-from .run_spec import RunSpec
+from .run_spec import RunSpec, digest
 
 TASKS: dict[str, str] = {
     "image": "tomeplug_eval.image_task:ImageTask",
@@ -66,9 +67,17 @@ class Task:
         self.setup = setup
         self.model: nn.Module | None = None
         self.family = ""
+        self._item_keys: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def item_key(self, index: int) -> str:
+        """A short hash of item ``index``'s identity (the files it reads, or what generates it): caches of
+        per-item outputs are keyed by it, never by the index alone, so a shifted or replaced item is new."""
+        if index not in self._item_keys:
+            self._item_keys[index] = digest(self.dataset.identity(index))
+        return self._item_keys[index]
 
     def dataset_options(self) -> dict[str, Any]:
         """The dataset loader's options: the dataset config node without its ``name`` and ``task``."""

@@ -6,9 +6,11 @@ every frame (:func:`~.video.run_vos`) and written as PNGs in the DAVIS layout un
 ``<output_dir>/predictions/<items key>/``. Metrics per object (:func:`~.video.video_record`): J (region IoU),
 F (boundary F-measure), J&F, and fidelity J against the unmerged model's masks. The unmerged model's
 predictions are computed once per (model, weights, data, protocol) with the model unpatched and kept as
-PNGs under ``<output_dir>/cache/reference/<reference key>/`` (the baseline run writes its own there), so
-every strategy of a sweep compares to them. Costs: image-encoder GFLOPs per frame (one frame at the
-model's ``image_size``) and the encoder's wall-clock per frame (total encoder seconds / encoder calls).
+PNGs under ``<output_dir>/cache/reference/<reference key>/<item key>/<video>/`` (the baseline run writes its
+own there), so every strategy of a sweep compares to them; the item key is the video's identity (its
+files' names, sizes and times), so an edited video is never compared with the old one's predictions.
+Costs: image-encoder GFLOPs per frame (one frame at the model's ``image_size``) and the encoder's
+wall-clock per frame (total encoder seconds / encoder calls).
 """
 
 from __future__ import annotations
@@ -54,13 +56,17 @@ class VideoTask(Task):
         # as vos_inference's build_sam2_video_predictor(apply_postprocessing=False): no image post-processing
         return {"target": VIDEO_PREDICTOR, "sam_mask_decoder_extra_args": None}
 
+    def _reference(self, index: int) -> Path:
+        """The folder holding the unmerged predictions of item ``index`` (in a subfolder named after the video)."""
+        return self.reference_dir / self.item_key(index)
+
     def _has_reference(self, index: int) -> bool:
-        return (self.reference_dir / self.dataset[index].name).is_dir()
+        return (self._reference(index) / self.dataset[index].name).is_dir()
 
     def _save_reference(self, index: int, source: Path | None = None) -> None:
         """The unmerged predictions of item ``index``, moved into the reference cache in one rename."""
         name = self.dataset[index].name
-        self.reference_dir.mkdir(parents=True, exist_ok=True)
+        self._reference(index).mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".ref-", dir=self.reference_dir))
         try:
             if source is None:
@@ -68,7 +74,7 @@ class VideoTask(Task):
                     run_vos(self.model, self.dataset[index], output_dir=scratch, progress=self.setup.cfg.progress)
             else:
                 shutil.copytree(source / name, scratch / name)
-            os.replace(scratch / name, self.reference_dir / name)  # the folder exists only complete
+            os.replace(scratch / name, self._reference(index) / name)  # the folder exists only complete
         except OSError:
             if not self._has_reference(index):
                 raise
@@ -100,7 +106,7 @@ class VideoTask(Task):
                     result = run_vos(self.model, item, output_dir=self.prediction_dir, progress=self.setup.cfg.progress)
                 if baseline and not self._has_reference(index):
                     self._save_reference(index, source=self.prediction_dir)
-                reference = result.masks if baseline else read_predictions(self.reference_dir, item)
+                reference = result.masks if baseline else read_predictions(self._reference(index), item)
                 record = video_record(item, result, index=index, reference=reference)
                 record["peak_mem_mb"] = meter.peak_mb
                 yield record

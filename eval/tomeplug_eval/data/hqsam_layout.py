@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from ..image_files import load_image
-from .item import ImageDataset, ImageItem
+from .item import ImageDataset, ImageItem, file_stamps
 
 GT_THRESHOLD = 128  # foreground: gt value > 128 (HQ-SAM's misc.py)
 
@@ -92,7 +92,7 @@ class HQSAMDataset(ImageDataset):
             raise ValueError(f"unknown HQ-SAM set {key!r}; known: {', '.join(LAYOUTS)}")
         self.layout = layout = LAYOUTS[key]
         self.name = key
-        root = Path(data_root).expanduser()
+        self.root = root = Path(data_root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"data_root not found: {root}; {_expected(layout, root)}")
         image_dir = _folder(layout, root, layout.images, "images")
@@ -115,6 +115,10 @@ class HQSAMDataset(ImageDataset):
 
     def __len__(self) -> int:
         return len(self._pairs)
+
+    def identity(self, index: int) -> list[list[object]]:
+        """The image's and the mask's path under ``data_root``, size and modification time."""
+        return file_stamps(self._pairs[index], self.root)
 
     def _load(self, index: int) -> ImageItem:
         image_path, mask_path = self._pairs[index]

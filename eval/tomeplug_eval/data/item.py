@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar, overload
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, overload
 
 import attrs
 import numpy as np
@@ -48,6 +49,22 @@ class ImageItem:
 T = TypeVar("T")
 
 
+def file_stamps(paths: Iterable[Path], root: Path | None = None) -> list[list[Any]]:
+    """``[name, size, mtime_ns]`` of each file (its path relative to ``root``, or its file name without one):
+    how an item's identity names the files it reads."""
+    stamps = []
+    for path in paths:
+        stat = path.stat()
+        name = path.name if root is None else path.relative_to(root).as_posix()
+        stamps.append([name, stat.st_size, stat.st_mtime_ns])
+    return stamps
+
+
+def folder_stamps(folder: Path, root: Path) -> list[list[Any]]:
+    """:func:`file_stamps` of every file under ``folder`` (recursively, sorted by path)."""
+    return file_stamps(sorted(p for p in folder.rglob("*") if p.is_file()), root)
+
+
 class IndexedDataset(Sequence[T]):
     """A read-only, indexable sequence of items, loaded lazily one index at a time.
 
@@ -62,6 +79,15 @@ class IndexedDataset(Sequence[T]):
 
     def _load(self, index: int) -> T:
         raise NotImplementedError
+
+    def identity(self, index: int) -> Any:
+        """What item ``index`` is, JSON-able and cheap (no decoding): the names, sizes and modification times
+        of the files it reads (:func:`file_stamps`), or the parameters it is generated from. Results and
+        caches are keyed by it, so an edited, replaced or shifted item is never matched with another's."""
+        raise NotImplementedError(
+            f"{type(self).__name__} ({self.name}) does not say what its items are: implement identity(index) "
+            "(e.g. file_stamps of the files item `index` reads) so results are keyed by the items they cover"
+        )
 
     @overload
     def __getitem__(self, index: int) -> T: ...
@@ -89,11 +115,18 @@ class ImageDataset(IndexedDataset[ImageItem]):
 
 
 class LazyDataset(ImageDataset):
-    """A dataset given as a list of zero-argument loaders, one per item (for small fixed sets)."""
+    """A dataset given as a list of zero-argument loaders, one per item (for small fixed sets), and each item's
+    :meth:`~IndexedDataset.identity` (what its loader reads)."""
 
-    def __init__(self, name: str, loaders: Sequence[Callable[[], ImageItem]]) -> None:
+    def __init__(self, name: str, loaders: Sequence[Callable[[], ImageItem]], identities: Sequence[Any]) -> None:
+        if len(identities) != len(loaders):
+            raise ValueError(f"{name}: {len(loaders)} loaders but {len(identities)} identities; give one per item")
         self.name = name
         self._loaders = list(loaders)
+        self._identities = list(identities)
+
+    def identity(self, index: int) -> Any:
+        return self._identities[index]
 
     def __len__(self) -> int:
         return len(self._loaders)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..image_files import load_image
 from .hqsam_layout import read_rgb
-from .item import ImageItem, LazyDataset
+from .item import ImageItem, LazyDataset, file_stamps
 
 QUOKKA_IMAGE, QUOKKA_POLYGON = "imgaug/quokka.jpg", "imgaug/quokka_annotations.json"
 NUCLEI_IMAGE, NUCLEI_LABELS = "stardist/data/images/img2d.tif", "stardist/data/images/mask2d.tif"
@@ -87,9 +87,9 @@ def load_nuclei(image_path: Path, labels_path: Path, max_nuclei: int | None = 16
 
 def smoke_dataset(max_nuclei: int | None = 16) -> LazyDataset:
     """The smoke set: the quokka, plus stardist's nuclei where the stardist distribution is installed."""
-    quokka_files()  # a missing imgaug fails here, not at the first index
-    loaders = [load_quokka]
+    loaders, identities = [load_quokka], [file_stamps(quokka_files())]  # a missing imgaug fails here
     nuclei_image, nuclei_labels = locate("stardist", NUCLEI_IMAGE), locate("stardist", NUCLEI_LABELS)
     if nuclei_image is not None and nuclei_labels is not None:
         loaders.append(functools.partial(load_nuclei, nuclei_image, nuclei_labels, max_nuclei))
-    return LazyDataset("smoke", loaders)
+        identities.append({"files": file_stamps([nuclei_image, nuclei_labels]), "max_nuclei": max_nuclei})
+    return LazyDataset("smoke", loaders, identities)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.item import folder_stamps
 from .item import VideoDataset, VideoItem
 from .png_io import VOID, frame_size, list_frames, read_id_png
 
@@ -93,6 +94,11 @@ class DAVISDataset(VideoDataset):
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def identity(self, index: int) -> list[list[object]]:
+        """Every file of the sequence's frame and annotation folders: path under ``data_root``, size, mtime."""
+        name = self.names[index]
+        return folder_stamps(self.images / name, self.root) + folder_stamps(self.annotations / name, self.root)
 
     def _load(self, index: int) -> VideoItem:
         name = self.names[index]

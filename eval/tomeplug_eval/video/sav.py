@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.item import folder_stamps
 from .item import VideoDataset, VideoItem
 from .png_io import frame_size, list_frames, read_binary_png
 
@@ -63,6 +64,11 @@ class SAVDataset(VideoDataset):
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def identity(self, index: int) -> list[list[object]]:
+        """Every file of the video's frame folder and object annotation folders: path, size, mtime."""
+        name = self.names[index]
+        return folder_stamps(self.images / name, self.root) + folder_stamps(self.annotations / name, self.root)
 
     def _load(self, index: int) -> VideoItem:
         name = self.names[index]
