@@ -58,11 +58,11 @@ from tomeplug_adapters import (
 )
 from tomeplug_eval.flops import count_flops
 from tomeplug_eval.latency import compare
-from tomeplug_eval.sam_models import RandomWeightsWarning, build_model
+from tomeplug_eval.model_catalog import RandomWeightsWarning, build_model
 
 VIT_B_SCHEDULE = [0, 2, 5, 8, 9, 10, 11]
 MODELS = {"vit_b": "vit_b", "vit_l": "vit_l", "hiera_l": "sam2.1_hiera_l", "tiny": "tiny", "tiny_hiera": "sam2_tiny"}
-"""``--model`` -> the harness's model name (``tomeplug_eval.sam_models``); the tiny ones are smoke runs."""
+"""``--model`` -> the harness's model name (``tomeplug_eval.model_catalog``); the tiny ones are smoke runs."""
 DEFAULT_LAYERS = {"vit_l": "paper", "vit_b": "vitb", "hiera_l": "paper", "tiny": "all", "tiny_hiera": "all"}
 MERGING_CODE = [sam_vit_attention, sam_vit_scopes, sam2_hiera_attention, sam2_hiera_scopes, windowed_scopes]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

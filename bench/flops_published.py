@@ -25,9 +25,9 @@ import warnings
 import torch
 
 import tomeplug
+from tomeplug_eval.architectures import instantiate_sam2, sam2_config
 from tomeplug_eval.flops import count_flops
-from tomeplug_eval.model_builders import instantiate_sam2, sam2_config
-from tomeplug_eval.sam_models import RandomWeightsWarning, build_model
+from tomeplug_eval.model_catalog import RandomWeightsWarning, build_model
 
 
 def vit_l_encoder() -> torch.nn.Module:

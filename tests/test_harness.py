@@ -20,8 +20,8 @@ from tiny_models import tiny_sam_encoder
 import tomeplug
 from tomeplug.setting import OPTION_NAMES
 from tomeplug_eval import image_task, runner, tables
+from tomeplug_eval.model_catalog import CheckpointError
 from tomeplug_eval.results import ItemCache, ResultsFile
-from tomeplug_eval.sam_models import CheckpointError
 from tomeplug_eval.speed_check import interleaved_speed
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,9 +20,9 @@ from torch import nn
 from tomeplug_eval import distributed, image_task
 from tomeplug_eval.data import load_dataset
 from tomeplug_eval.image_files import ImageFileError
+from tomeplug_eval.model_catalog import CheckpointError
 from tomeplug_eval.results import atomic_write
 from tomeplug_eval.run_spec import resolve
-from tomeplug_eval.sam_models import CheckpointError
 from tomeplug_eval.tasks import Task, TaskSetup
 from tomeplug_eval.video import VideoItem
 from tomeplug_eval.video.vos import run_vos

@@ -9,8 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.singleton import Singleton
 from test_harness import CONF
 
-from tomeplug_eval import model_builders, sam_models
-from tomeplug_eval.sam_models import MODELS, CheckpointError, build_model, load_checkpoint, resolve_checkpoint
+from tomeplug_eval import architectures, model_catalog
+from tomeplug_eval.model_catalog import MODELS, CheckpointError, build_model, load_checkpoint, resolve_checkpoint
 
 TINY = ("sam_tiny", "hq_sam_tiny", "sam2_tiny")
 OFFICIAL_FILES = {
@@ -31,7 +31,7 @@ def test_every_entry_resolves_with_its_official_file_and_a_harness_config(name):
     if name in TINY:
         return
     if spec.family == "sam2":  # the yaml the builder instantiates: a Hiera trunk, checkpoint under "model"
-        cfg = model_builders.sam2_config(spec.source)
+        cfg = architectures.sam2_config(spec.source)
         assert cfg.image_encoder.trunk._target_.endswith("Hiera") and spec.state_dict_key == "model"
         assert cfg.sam_mask_decoder_extra_args.dynamic_multimask_via_stability is True
     else:  # the official registry entry the builder calls (not instantiated: ViT-H is big)
@@ -41,7 +41,7 @@ def test_every_entry_resolves_with_its_official_file_and_a_harness_config(name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_models_build_and_load_a_saved_checkpoint_strictly(name, tmp_path):
-    with pytest.warns(sam_models.RandomWeightsWarning, match="RANDOM"):
+    with pytest.warns(model_catalog.RandomWeightsWarning, match="RANDOM"):
         model = build_model(name)
     state = model.state_dict()
     torch.save({"model": state} if name == "sam2_tiny" else state, tmp_path / "tiny.pt")
@@ -54,7 +54,7 @@ def test_tiny_models_build_and_load_a_saved_checkpoint_strictly(name, tmp_path):
 
 
 def test_checkpoint_errors_name_file_problem_and_fix(tmp_path):
-    model = sam_models.model_spec("tiny").build()
+    model = MODELS["sam_tiny"].build()
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         load_checkpoint(model, tmp_path / "absent.pth", "tiny")
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
@@ -71,15 +71,15 @@ def test_checkpoint_errors_name_file_problem_and_fix(tmp_path):
 
 
 def test_checkpoint_values_and_aliases(tmp_path, monkeypatch):
-    monkeypatch.setattr(sam_models, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setattr(model_catalog, "CHECKPOINT_DIR", tmp_path)
     assert resolve_checkpoint("sam_vit_b", "auto") is None and resolve_checkpoint("sam_vit_b", "random") is None
     (tmp_path / "sam_vit_b_01ec64.pth").touch()
     assert resolve_checkpoint("vit_b", "auto") == tmp_path / "sam_vit_b_01ec64.pth"
     assert resolve_checkpoint("sam2.1_hiera_l", tmp_path) == tmp_path / "sam2.1_hiera_large.pt"
     assert resolve_checkpoint("sam_tiny", "auto") is None
-    assert sam_models.canonical_name("vit_l") == "sam_vit_l" and sam_models.canonical_name("tiny") == "sam_tiny"
+    assert model_catalog.canonical_name("vit_l") == "sam_vit_l" and model_catalog.canonical_name("tiny") == "sam_tiny"
     with pytest.raises(KeyError, match="unknown model 'vit_x'.*sam2.1_hiera_b\\+"):
-        sam_models.canonical_name("vit_x")
+        model_catalog.canonical_name("vit_x")
 
 
 def test_building_sam2_leaves_hydra_state_alone():
@@ -87,13 +87,13 @@ def test_building_sam2_leaves_hydra_state_alone():
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            model_builders.tiny_sam2()  # imports sam2, which initialises hydra only when nobody has
+            architectures.tiny_sam2()  # imports sam2, which initialises hydra only when nobody has
             assert compose("harness", overrides=["model=sam2_tiny"]).model.name == "sam2_tiny"
     finally:
         Singleton.set_state(state)
 
 
 def test_sam2_builders_take_a_model_class_and_fields():
-    with pytest.warns(sam_models.RandomWeightsWarning):
+    with pytest.warns(model_catalog.RandomWeightsWarning):
         video = build_model("sam2_tiny", target="sam2.sam2_video_predictor.SAM2VideoPredictor", fill_hole_area=8)
     assert type(video).__name__ == "SAM2VideoPredictor" and video.fill_hole_area == 8

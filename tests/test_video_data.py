@@ -11,7 +11,6 @@ from PIL import Image
 from tomeplug_eval.video import (
     DAVISDataset,
     SAVDataset,
-    is_video_dataset,
     load_video_dataset,
     read_id_png,
     synthetic_video,
@@ -173,9 +172,12 @@ def test_sav_errors_name_the_problem(tmp_path: Path, case: str):
 
 
 def test_catalog_names_and_errors():
-    assert is_video_dataset("DAVIS") and is_video_dataset("sa-v") and not is_video_dataset("coift")
     with pytest.raises(ValueError, match="needs data_root"):
         load_video_dataset("davis")
+    with pytest.raises(ValueError, match="'sav' needs data_root"):  # names are case-free, aliases resolved
+        load_video_dataset("SA-V")
+    with pytest.raises(ValueError, match="unknown video dataset 'coift'"):
+        load_video_dataset("coift")
     with pytest.raises(ValueError, match="synthetic_video"):
         load_video_dataset("davis2016")
 

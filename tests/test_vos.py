@@ -15,13 +15,11 @@ import tomeplug
 from tomeplug_eval.video import (
     SAVDataset,
     VideoItem,
-    evaluate_video_dataset,
     read_id_png,
     read_predictions,
     run_vos,
     summarize_video_records,
     synthetic_video,
-    unpatched_copy,
     video_record,
 )
 from tomeplug_eval.video.png_io import write_palette_png
@@ -103,12 +101,18 @@ def test_an_object_appearing_later_gets_its_own_pass(predictor, dataset):
 
 
 def test_records_shard_and_merge_exactly(predictor, dataset, tmp_path: Path):
-    reference = unpatched_copy(predictor)
+    """As the video task runs: the unmerged model's PNGs first, then each shard's patched videos scored on them."""
+    for index in range(len(dataset)):
+        run_vos(predictor, dataset[index], output_dir=tmp_path / "reference")
     tomeplug.patch(predictor, "tome", r=0.5)
-    assert tomeplug.active_patch(reference) is None and tomeplug.active_patch(predictor) is not None
-    options = {"reference_predictor": reference, "output_dir": tmp_path}
-    whole = evaluate_video_dataset(predictor, dataset, **options)
-    shards = [evaluate_video_dataset(predictor, dataset, range(rank, len(dataset), 2), **options) for rank in (1, 0)]
+
+    def record(index: int) -> dict:
+        item = dataset[index]
+        result = run_vos(predictor, item, output_dir=tmp_path / "predictions")
+        return video_record(item, result, index=index, reference=read_predictions(tmp_path / "reference", item))
+
+    whole = [record(index) for index in range(len(dataset))]
+    shards = [[record(index) for index in range(rank, len(dataset), 2)] for rank in (1, 0)]
     merged = sorted((r for shard in shards for r in shard), key=lambda r: r["index"])
     assert [r["index"] for r in merged] == [0, 1, 2] and [r["name"] for r in merged] == dataset.names
     for one, other in zip(whole, merged, strict=True):

@@ -79,7 +79,7 @@ def tiny_sam2(
     ``"sam2.sam2_video_predictor.SAM2VideoPredictor"``. Set a ``SAM2ImagePredictor``'s ``_bb_feat_sizes``
     to :func:`sam2_feat_sizes` (it assumes 1024-pixel inputs).
     """
-    from tomeplug_eval.model_builders import instantiate_sam2, tiny_sam2_config
+    from tomeplug_eval.architectures import instantiate_sam2, tiny_sam2_config
 
     cfg = tiny_sam2_config(config, image_size)
     if target is not None:

@@ -23,9 +23,9 @@ from .data import ImageItem, load_dataset
 from .latency import time_call
 from .memory import PeakMemory
 from .metrics import MeanAccumulator, boundary_iou, embedding_cosine, mask_iou
+from .model_catalog import MODELS
 from .prompts import box_from_mask, resize_item
 from .reference import Reference, ReferenceCache
-from .sam_models import model_spec
 from .segmenters import Segmenter, make_segmenter
 from .tasks import Task, TaskSetup
 
@@ -51,7 +51,7 @@ class ImageTask(Task):
         self.dataset = load_dataset(cfg.dataset.name, cfg.data_root, **self.dataset_options())
         self.references = ReferenceCache(setup.output_dir, setup.spec.reference_key)
         self.segmenter: Segmenter | None = None
-        if cfg.keep_aspect and model_spec(setup.spec.model).family == "sam2":
+        if cfg.keep_aspect and MODELS[setup.spec.model].family == "sam2":
             raise ValueError("keep_aspect=true is SAM's resize; SAM 2 always takes a square (stretched) input")
 
     def bind(self, model: torch.nn.Module, family: str) -> None:

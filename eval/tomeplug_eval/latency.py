@@ -28,20 +28,6 @@ def time_call(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def measure_latency(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> dict[str, Any]:
-    """Median wall-clock of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones.
-
-    Returns:
-        ``{"median_s": float, "all_s": [float, ...]}``.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    for _ in range(warmup):
-        fn()
-    times = [time_call(fn)[0] for _ in range(repeats)]
-    return {"median_s": statistics.median(times), "all_s": times}
-
-
 def compare(fns: Mapping[str, Callable[[], Any]], warmup: int = 1, repeats: int = 3) -> dict[str, Any]:
     """Time several variants interleaved: every round runs each once, in alternating order (ABBA...).
 

@@ -57,11 +57,6 @@ def boundary_iou(pred: np.ndarray, gt: np.ndarray, dilation_ratio: float = 0.02)
     return _iou(mask_boundary(pred, dilation_ratio), mask_boundary(gt, dilation_ratio))
 
 
-def reference_mask_iou(pred: np.ndarray, reference: np.ndarray) -> float:
-    """Fidelity: the mask IoU of a merged model's prediction against the unmerged model's for the same prompt."""
-    return mask_iou(pred, reference)
-
-
 def embedding_cosine(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
     """Fidelity: per-image cosine similarity of two (B, ...) batches of embeddings, each image flattened.
 
@@ -84,7 +79,7 @@ class MeanAccumulator:
     """Per-object values of named metrics, averaged on demand.
 
     Means are exact-rounded sums (``math.fsum``) over all values, so they do not depend on the order in which
-    values or shards arrive: merging the accumulators of N ranks equals one run over every object.
+    values arrive: the records of N ranks, gathered and added in any order, give exactly the means of one run.
     """
 
     def __init__(self) -> None:
@@ -99,14 +94,6 @@ class MeanAccumulator:
         """Record many objects' values of one metric."""
         self.values.setdefault(name, []).extend(float(v) for v in values)
 
-    def merge(self, *others: MeanAccumulator) -> MeanAccumulator:
-        """A new accumulator holding the values of this one and of ``others`` (e.g. gathered from ranks)."""
-        merged = MeanAccumulator()
-        for acc in (self, *others):
-            for name, values in acc.values.items():
-                merged.extend(name, values)
-        return merged
-
     def count(self, name: str) -> int:
         """How many values of ``name`` were recorded."""
         return len(self.values.get(name, []))
@@ -116,7 +103,3 @@ class MeanAccumulator:
         if not self.values.get(name):
             raise KeyError(f"no values recorded for metric {name!r}; recorded: {sorted(self.values)}")
         return math.fsum(self.values[name]) / len(self.values[name])
-
-    def means(self) -> dict[str, float]:
-        """The mean of every recorded metric, by name."""
-        return {name: self.mean(name) for name in sorted(self.values)}

@@ -32,7 +32,7 @@ from torch import nn
 import tomeplug
 
 from . import code_identity
-from .sam_models import canonical_name, require_checkpoint, resolve_checkpoint
+from .model_catalog import canonical_name, require_checkpoint, resolve_checkpoint
 
 BASELINE, MIX = "none", "mix"
 DTYPES: dict[str, str] = {

@@ -1,9 +1,9 @@
 """Evaluation tasks: what evaluating one item means, chosen by the dataset config's ``task`` key.
 
 The runner owns everything around the items (resume, sharding, gathering, FLOPs, results); a task owns
-the items themselves. ``task: image`` (SAM, HQ-SAM, SAM 2 on image sets) is :class:`~.image_task.ImageTask`.
-Another task (e.g. video object segmentation) is a :class:`Task` subclass registered in :data:`TASKS`, or
-named in the dataset config as ``task: package.module:ClassName``.
+the items themselves. ``task: image`` (SAM, HQ-SAM, SAM 2 on image sets) is :class:`~.image_task.ImageTask`,
+``task: video`` (SAM 2 video object segmentation) :class:`~.video_task.VideoTask`; another task is a
+:class:`Task` subclass registered in :data:`.runner.TASKS`.
 
 Lifecycle of one job, as the runner drives it::
 
@@ -21,7 +21,6 @@ Lifecycle of one job, as the runner drives it::
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,11 +32,6 @@ from tqdm import tqdm
 
 from .distributed import World
 from .run_spec import RunSpec, digest
-
-TASKS: dict[str, str] = {
-    "image": "tomeplug_eval.image_task:ImageTask",
-    "video": "tomeplug_eval.video_task:VideoTask",
-}
 
 
 @attrs.frozen
@@ -97,7 +91,7 @@ class Task:
         return tqdm(total=total, desc=desc, unit=self.unit, disable=not show, dynamic_ncols=True)
 
     def model_options(self, family: str) -> dict[str, Any]:
-        """Options for :func:`~.sam_models.build_model` (e.g. a video predictor ``target`` for SAM 2)."""
+        """Options for :func:`~.model_catalog.build_model` (e.g. a video predictor ``target`` for SAM 2)."""
         return {}
 
     def bind(self, model: nn.Module, family: str) -> None:
@@ -118,15 +112,3 @@ class Task:
     def flops_input(self) -> tuple[nn.Module, tuple[Any, ...]]:
         """The encoder to count FLOPs of, and one input to trace it with."""
         raise NotImplementedError
-
-
-def task_class(name: str) -> type[Task]:
-    """The task class for a dataset's ``task``: a key of :data:`TASKS` or ``module:ClassName``."""
-    target = TASKS.get(name, name)
-    if ":" not in target:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (or module:ClassName)")
-    module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise TypeError(f"task {name!r} resolves to {cls!r}, not a tomeplug_eval.tasks.Task subclass")
-    return cls

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .memory import PeakMemory
-from .sam_models import model_spec
+from .model_catalog import MODELS
 from .tasks import Task, TaskSetup
 from .video import load_video_dataset, read_predictions, run_vos, summarize_video_records, video_record
 
@@ -43,7 +43,7 @@ class VideoTask(Task):
     def __init__(self, setup: TaskSetup) -> None:
         super().__init__(setup)
         cfg, spec = setup.cfg, setup.spec
-        if model_spec(spec.model).family != "sam2":
+        if MODELS[spec.model].family != "sam2":
             raise ValueError(
                 f"video datasets need a SAM 2 model; got {spec.model} (dataset {cfg.dataset.name!r}: use e.g. "
                 f"model=sam2.1_hiera_l, or model=sam2_tiny for a smoke run)"

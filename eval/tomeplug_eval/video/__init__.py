@@ -1,17 +1,11 @@
 """Video evaluation: DAVIS / MOSE / SA-V loaders, a generated set, J&F metrics and semi-supervised VOS with SAM 2."""
 
-from .catalog import VIDEO_ALIASES, VIDEO_DATASETS, is_video_dataset, list_video_datasets, load_video_dataset
+from .catalog import VIDEO_ALIASES, VIDEO_DATASETS, list_video_datasets, load_video_dataset
 from .davis import DAVISDataset
-from .evaluate import (
-    evaluate_video_dataset,
-    evaluate_video_item,
-    summarize_video_records,
-    unpatched_copy,
-    video_record,
-)
 from .item import Masks, VideoDataset, VideoItem
 from .metrics import boundary_f, boundary_map, boundary_radius, mean_scores, region_j, score_video, scored_frames
 from .png_io import davis_palette, read_id_png, read_predictions, write_predictions
+from .records import summarize_video_records, video_record
 from .sav import SAVDataset
 from .synthetic import synthetic_video
 from .vos import EncoderTimer, VOSResult, fidelity_j, run_vos
@@ -30,10 +24,7 @@ __all__ = [
     "boundary_map",
     "boundary_radius",
     "davis_palette",
-    "evaluate_video_dataset",
-    "evaluate_video_item",
     "fidelity_j",
-    "is_video_dataset",
     "list_video_datasets",
     "load_video_dataset",
     "mean_scores",
@@ -45,7 +36,6 @@ __all__ = [
     "score_video",
     "summarize_video_records",
     "synthetic_video",
-    "unpatched_copy",
     "video_record",
     "write_predictions",
 ]

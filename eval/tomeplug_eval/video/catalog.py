@@ -58,11 +58,6 @@ def list_video_datasets() -> list[str]:
     return sorted(VIDEO_DATASETS)
 
 
-def is_video_dataset(name: str) -> bool:
-    """Whether ``name`` (or an alias) is a video dataset, for a harness that routes images and videos."""
-    return VIDEO_ALIASES.get(name.lower(), name.lower()) in VIDEO_DATASETS
-
-
 def load_video_dataset(name: str, data_root: str | Path | None = None, **options: Any) -> VideoDataset:
     """The video dataset called ``name`` (case-insensitive, aliases accepted).
 

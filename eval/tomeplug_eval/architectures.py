@@ -1,8 +1,9 @@
-"""Builders of random-initialised official models: SAM and HQ-SAM from their registries, SAM 2 from its yaml.
+"""Random-initialised official architectures, built from the packages' own registries (SAM, HQ-SAM) and yamls (SAM 2).
 
 SAM 2 models are built from the yaml files shipped in the ``sam2`` package with ``OmegaConf.load`` and
 ``hydra.utils.instantiate``: never through ``hydra.compose``, which needs the global hydra state that
 ``import sam2`` initialises (and that the harness owns while it runs). Nothing here touches that state.
+Nothing here knows model names or checkpoints: that is :mod:`.model_catalog`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Model builders: official architectures, random-initialised or loaded strictly from official checkpoints.
+"""The catalogue of official models: names, families, official checkpoints; building a model with its weights.
 
-A model is one entry in :data:`MODELS`: a builder that returns the random-initialised official model,
-and the official checkpoint's file name. Checkpoints live in :data:`CHECKPOINT_DIR` (``checkpoints/``
-under the working directory, or ``$TOMEPLUG_CHECKPOINT_DIR``), e.g. ``checkpoints/sam_vit_b_01ec64.pth``.
-Loading is strict: a missing, unreadable or mismatched file is an error that names the file and the fix.
+A model is one entry in :data:`MODELS`: a builder of its random-initialised architecture
+(:mod:`.architectures`), its family, and the official checkpoint's file name and URL. Checkpoints live in
+:data:`CHECKPOINT_DIR` (``checkpoints/`` under the working directory, or ``$TOMEPLUG_CHECKPOINT_DIR``), e.g.
+``checkpoints/sam_vit_b_01ec64.pth``. Loading is strict: a missing, unreadable or mismatched file is an error
+that names the file and the fix.
 
 Names: ``sam_vit_{b,l,h}`` (SAM), ``hq_sam_vit_{b,l,h}`` (HQ-SAM), ``sam2_hiera_{t,s,b+,l}`` (SAM 2),
 ``sam2.1_hiera_{t,s,b+,l}`` (SAM 2.1), and the tiny test models ``sam_tiny``, ``hq_sam_tiny``, ``sam2_tiny``
@@ -23,7 +24,7 @@ import attrs
 import torch
 from torch import nn
 
-from .model_builders import registry_model, sam2_model, tiny_sam, tiny_sam2
+from .architectures import registry_model, sam2_model, tiny_sam, tiny_sam2
 
 CHECKPOINT_DIR = Path(os.environ.get("TOMEPLUG_CHECKPOINT_DIR", "checkpoints"))
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -97,23 +98,14 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def _spec(name: str) -> ModelSpec:
-    return MODELS[canonical_name(name)]
-
-
-def model_spec(name: str) -> ModelSpec:
-    """The :class:`ModelSpec` of ``name`` (aliases resolved)."""
-    return _spec(name)
-
-
 def default_checkpoint(name: str) -> Path | None:
     """Where the official checkpoint of ``name`` is expected (it may not exist), or None if it has none."""
-    spec = _spec(name)
+    spec = MODELS[canonical_name(name)]
     return CHECKPOINT_DIR / spec.checkpoint if spec.checkpoint else None
 
 
 def _download_hint(name: str) -> str:
-    spec, path = _spec(name), default_checkpoint(name)
+    spec, path = MODELS[canonical_name(name)], default_checkpoint(name)
     random = "random weights: checkpoint=None (harness: checkpoint=random)"
     if spec.checkpoint is None:
         return f"model {name!r} has no official checkpoint; use {random}"
@@ -129,7 +121,7 @@ def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> Path | None:
     """
     if checkpoint is None or str(checkpoint).lower() in ("random", "none", "null"):
         return None
-    spec = _spec(name)
+    spec = MODELS[canonical_name(name)]
     if str(checkpoint) == "auto":
         path = default_checkpoint(name)
         return path if path is not None and path.is_file() else None
@@ -163,7 +155,7 @@ def require_checkpoint(path: str | Path, name: str) -> Path:
 
 def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
     """Load ``path`` into ``model`` strictly; errors name the file, the problem and the fix."""
-    path, spec = require_checkpoint(path, name), _spec(name)
+    path, spec = require_checkpoint(path, name), MODELS[canonical_name(name)]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -196,7 +188,7 @@ def build_model(name: str, checkpoint: str | Path | None = None, **options: Any)
         options: builder options; SAM 2 models take ``target`` (another model class, e.g.
             ``"sam2.sam2_video_predictor.SAM2VideoPredictor"``) and model fields such as ``fill_hole_area=8``.
     """
-    model = _spec(name).build(**options)
+    model = MODELS[canonical_name(name)].build(**options)
     if checkpoint is None:
         warnings.warn(
             f"model {name!r} has RANDOM WEIGHTS (no checkpoint given): FLOPs and timings are real, its outputs "
