@@ -84,6 +84,71 @@ def test_sobel_kernels_are_correct():
     assert SOBEL_Y == ((-1, -2, -1), (0, 0, 0), (1, 2, 1))  # not the published [-1, -2, 1] first row
 
 
+def reference_sobel(metric: torch.Tensor, h: int, w: int, padding: str) -> list[list[float]]:
+    """Per group, per token: sqrt(sum over channels of gx^2 + gy^2), pixel by pixel. Outside the grid a
+    pixel reads 0 (``"zeros"``) or its nearest border pixel (``"replicate"``)."""
+
+    def pixel(image: list[float], y: int, x: int) -> float:
+        if padding == "replicate":
+            y, x = min(max(y, 0), h - 1), min(max(x, 0), w - 1)
+        return image[y * w + x] if 0 <= y < h and 0 <= x < w else 0.0
+
+    result = []
+    for group in metric.double().tolist():
+        channels = [[token[c] for token in group] for c in range(len(group[0]))]
+        magnitudes = []
+        for y in range(h):
+            for x in range(w):
+                total = 0.0
+                for image in channels:
+                    window = [[pixel(image, y + dy, x + dx) for dx in (-1, 0, 1)] for dy in (-1, 0, 1)]
+                    gx = sum(SOBEL_X[i][j] * window[i][j] for i in range(3) for j in range(3))
+                    gy = sum(SOBEL_Y[i][j] * window[i][j] for i in range(3) for j in range(3))
+                    total += gx * gx + gy * gy
+                magnitudes.append(math.sqrt(total))
+        result.append(magnitudes)
+    return result
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+@pytest.mark.parametrize("grid", [(1, 1), (1, 6), (3, 5), (4, 4), (7, 7)])
+def test_grad_tome_matches_a_pixel_loop(padding, grid):
+    """Magnitudes and destinations of either padding equal the loop's; zeros is the default."""
+    h, w = grid
+    metric = torch.randn(2, h * w, 3, generator=torch.Generator().manual_seed(h * 10 + w))
+    expected = reference_sobel(metric, h, w, padding)
+    torch.testing.assert_close(sobel_magnitude(metric, grid, padding), torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    config = GradToMeConfig(r=0.25) if padding == "zeros" else GradToMeConfig(r=0.25, padding="replicate")
+    dst = cell_destinations(config.destination_score(metric, grid), grid)
+    assert dst.tolist() == reference_cell_destinations(-torch.tensor(expected), h, w)
+    plan = config.plan(metric, grid)
+    for kept, picks in zip(plan.kept.tolist(), dst.tolist(), strict=True):
+        assert set(picks) <= set(kept), "every destination is kept"
+
+
+def test_grad_tome_paddings_differ_at_the_border():
+    """A constant metric: zero padding makes the border an edge, so each cell of a 4x4 grid keeps its
+    token nearest the centre (the published method's choice); replicate padding leaves it flat everywhere,
+    so ties go to each cell's top-left token."""
+    metric = torch.ones(1, 16, 2)
+    for config, expected in (
+        (GradToMeConfig(r=0.5), [5, 6, 9, 10]),
+        (GradToMeConfig(r=0.5, padding="replicate"), [0, 2, 8, 10]),
+    ):
+        assert cell_destinations(config.destination_score(metric, (4, 4)), (4, 4)).tolist() == [expected]
+    zeros = sobel_magnitude(metric, (4, 4)).reshape(4, 4)
+    assert zeros[1:3, 1:3].eq(0).all() and zeros[0, 0] == pytest.approx(3 * math.sqrt(2) * math.sqrt(2))
+    assert zeros[0, 1] == pytest.approx(4 * math.sqrt(2))  # gy = 4 on each of the 2 channels
+    assert (sobel_magnitude(metric, (4, 4), "replicate") == 0).all()
+
+
+def test_grad_tome_padding_is_validated():
+    with pytest.raises(ValueError, match="padding='reflect'.*'zeros', 'replicate'"):
+        GradToMeConfig(r=0.5, padding="reflect")
+    with pytest.raises(ValueError, match="zeros, replicate"):
+        sobel_magnitude(torch.ones(1, 4, 1), (2, 2), "same")
+
+
 @pytest.mark.parametrize("axis", ["x", "y"])
 def test_sobel_magnitude_of_a_ramp(axis):
     """A unit ramp has gradient 8 inside and 4 at the replicate-padded ends; across it, exactly 0."""
@@ -91,21 +156,23 @@ def test_sobel_magnitude_of_a_ramp(axis):
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     ramp = (cols if axis == "x" else rows).float()
     metric = torch.stack([ramp, 2 * ramp], dim=-1).reshape(1, h * w, 2)  # two channels: L2 over them
-    magnitude = sobel_magnitude(metric, (h, w)).reshape(h, w)
+    magnitude = sobel_magnitude(metric, (h, w), "replicate").reshape(h, w)
     length = w if axis == "x" else h
     along = torch.full((length,), 8.0)
     along[0] = along[-1] = 4.0
     expected = (along.expand(h, w) if axis == "x" else along.unsqueeze(1).expand(h, w)) * math.sqrt(5)
     torch.testing.assert_close(magnitude, expected)
-    assert (sobel_magnitude(torch.ones(2, 12, 3), (3, 4)) == 0).all()  # flat, edges included
+    assert (sobel_magnitude(torch.ones(2, 12, 3), (3, 4), "replicate") == 0).all()  # flat, edges included
     assert torch.isfinite(sobel_magnitude(torch.zeros(1, 9, 2), (3, 3))).all()
 
 
 def test_grad_tome_picks_the_flattest_token_of_each_cell():
+    # replicate padding: on these 2-row grids every token is on the border, and zero padding would make the
+    # border, not the step, decide (test_grad_tome_paddings_differ_at_the_border)
+    config = GradToMeConfig(r=0.5, padding="replicate")
     # a vertical step between columns 1 and 2: columns 0 and 3 are flat, columns 1 and 2 are on the edge
     step = torch.tensor([0.0, 0.0, 1.0, 1.0])
     horizontal = torch.stack([step.expand(2, 4), torch.ones(2, 4)], dim=-1).reshape(1, 8, 2)  # 2x4 grid
-    config = GradToMeConfig(r=0.5)
     assert cell_destinations(config.destination_score(horizontal, (2, 4)), (2, 4)).tolist() == [[0, 3]]
     # the same step across rows of a 4x2 grid: rows 0 and 3 are flat
     vertical = torch.stack([step.unsqueeze(1).expand(4, 2), torch.ones(4, 2)], dim=-1).reshape(1, 8, 2)

@@ -39,3 +39,16 @@ def int_in(low: int, high: int, meaning: str) -> Callable[..., None]:
             )
 
     return check
+
+
+def one_of(choices: tuple[str, ...], meaning: str) -> Callable[..., None]:
+    """Validator: one of the strings ``choices``."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(
+                f"{attribute.name}={value!r} is not valid for strategy {type(instance).name!r}: "
+                f"{attribute.name} is {meaning}; choose one of {', '.join(map(repr, choices))}"
+            )
+
+    return check
