@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tomeplug.config import StrategyConfig
-from tomeplug.plan import MergePlan
+from tomeplug.plan import MergePlan, validate_plan
 
 
 def head_mean(x: Tensor, num_heads: int) -> Tensor:
@@ -39,11 +39,12 @@ def plan_merge(
     """Plan one attention call's merge from its input tokens (B', N, C), as ``config`` asks.
 
     The metric is the input (``config.metric == "input"``) or the keys (``"keys"``), averaged over heads;
-    with ``config.exclude_padding`` the strategy also gets the padding mask.
+    with ``config.exclude_padding`` the strategy also gets the padding mask. The plan is validated
+    (:func:`tomeplug.plan.validate_plan`): a strategy's invalid plan raises before any output exists.
     """
     with torch.no_grad():
         features = tokens if config.metric == "input" else key_features(tokens, qkv)
         metric = head_mean(features, num_heads)  # (B', N, C / heads)
         if config.exclude_padding:
-            return config.plan(metric, grid, valid=padding_mask(tokens))
-        return config.plan(metric, grid)
+            return validate_plan(config.plan(metric, grid, valid=padding_mask(tokens)), metric, config)
+        return validate_plan(config.plan(metric, grid), metric, config)
