@@ -7,7 +7,7 @@ import sys
 
 import attrs
 
-from tomeplug.registry import Registry, get_registry
+from tomeplug.registry import Entry, Registry, get_registry
 
 
 def _defaults(config_cls: type) -> str:
@@ -15,17 +15,25 @@ def _defaults(config_cls: type) -> str:
     return ", ".join(f"{f.name}={f.default!r}" for f in fields)
 
 
+def _by_name(entries: dict[str, Entry]) -> list[tuple[str, Entry]]:
+    """Entries sorted by their plain name, so the qualified names of one conflict sit together."""
+    return sorted(entries.items(), key=lambda item: (item[1].name, item[0]))
+
+
 def format_listing(registry: Registry) -> str:
     """The text of ``python -m tomeplug list`` for ``registry``."""
     lines = ["strategies:"]
-    for name, entry in sorted(registry.strategies.items()):
+    for name, entry in _by_name(registry.strategies):
         cls = entry.obj
         lines.append(f"  {name:<14} {_defaults(cls)}  (max r {cls.max_r})")
         lines.append(f"  {'':<14} registered by {entry.origin}")
     lines.append("adapters:")
-    for name, entry in sorted(registry.adapters.items()):
+    for name, entry in _by_name(registry.adapters):
         lines.append(f"  {name:<14} {entry.obj.describe()}")
         lines.append(f"  {'':<14} registered by {entry.origin}")
+    if registry.conflicts:
+        lines.append("name conflicts (each plugin's entry is listed above by its qualified name):")
+        lines.extend(f"  {conflict}" for conflict in registry.conflicts)
     if registry.failures:
         lines.append("failed plugins:")
         lines.extend(f"  {f.origin}: {f.reason}" for f in registry.failures)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tomeplug.plan import MergePlan
+from tomeplug.plan_validation import validate_plan
 from tomeplug.setting import Setting
 
 
@@ -37,10 +38,11 @@ def plan_merge(setting: Setting, tokens: Tensor, qkv: nn.Linear, num_heads: int,
     """Plan one attention call's merge from its input tokens (B', N, C), as ``setting`` asks.
 
     The metric is the input (``setting.metric == "input"``) or the keys (``"keys"``), averaged over heads;
-    with ``setting.exclude_padding`` the strategy also gets the padding mask.
+    with ``setting.exclude_padding`` the strategy also gets the padding mask. The plan is validated
+    (:func:`tomeplug.plan_validation.validate_plan`): a strategy's invalid plan raises before any output exists.
     """
     with torch.no_grad():
         features = tokens if setting.metric == "input" else key_features(tokens, qkv)
         metric = head_mean(features, num_heads)  # (B', N, C / heads)
         valid = padding_mask(tokens) if setting.exclude_padding else None
-        return setting.plan(metric, grid, valid)
+        return validate_plan(setting.plan(metric, grid, valid), metric, setting.strategy)

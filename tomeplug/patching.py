@@ -87,10 +87,7 @@ def patch(
     if adapter is None:
         adapter = registry.adapter_for(model)
     elif isinstance(adapter, str):
-        entries = registry.adapters
-        if adapter not in entries:
-            raise KeyError(f"unknown adapter {adapter!r}; installed adapters: {', '.join(sorted(entries))}")
-        adapter = entries[adapter].obj
+        adapter = registry.adapter(adapter)
     blocks = adapter.blocks(model)
     schedule = resolve_schedule(layers, strategy, params, len(blocks), registry, adapter)
     for index, setting in schedule.items():

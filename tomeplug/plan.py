@@ -38,9 +38,7 @@ class MergePlan:
     @classmethod
     def from_assignment(cls, assignment: Tensor, kept: Tensor) -> MergePlan:
         """Build a plan from token-to-slot assignments and slot representatives; sizes are counted."""
-        size = torch.zeros(kept.shape, dtype=torch.float32, device=kept.device)
-        size.scatter_add_(1, assignment, torch.ones_like(assignment, dtype=torch.float32))
-        return cls(assignment=assignment, kept=kept, size=size)
+        return cls(assignment=assignment, kept=kept, size=count_slots(assignment, kept.shape[1]))
 
     @property
     def num_tokens(self) -> int:
@@ -74,6 +72,12 @@ class MergePlan:
         """Pick per-token values at the slots' representatives: (B', N, ...) -> (B', M, ...)."""
         index = self.kept.reshape(*self.kept.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
         return t.gather(1, index)
+
+
+def count_slots(assignment: Tensor, m: int) -> Tensor:
+    """(B', M) float32: how many tokens ``assignment`` (B', N) puts in each of ``m`` slots."""
+    counts = torch.zeros(assignment.shape[0], m, dtype=torch.float32, device=assignment.device)
+    return counts.scatter_add_(1, assignment, torch.ones_like(assignment, dtype=torch.float32))
 
 
 def log_size_bias(size: Tensor, dtype: torch.dtype) -> Tensor:

@@ -1,4 +1,10 @@
-"""The plugin registry: a pluggy manager over the ``tomeplug`` entry points, loaded once and lazily."""
+"""The plugin registry: a pluggy manager over the ``tomeplug`` entry points, loaded once and lazily.
+
+Names: a strategy or adapter is found by its name (``"tome"``) or by its qualified name
+``"<plugin>:<name>"`` (``"builtin_strategies:tome"``; the plugin is the entry point's name). When two
+plugins register the same name, both are kept and reachable by their qualified names; only the bare name
+is affected: using it raises :class:`NameConflictError` naming both origins and how to choose.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +24,15 @@ from tomeplug.config import StrategyConfig
 
 ENTRY_POINT_GROUP = "tomeplug"
 DISABLE_AUTOLOAD_ENV = "TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD"
+PLURAL = {"strategy": "strategies", "adapter": "adapters"}
 
 
 class PluginError(Exception):
-    """A plugin registered something invalid (a duplicate name, a wrong type)."""
+    """A plugin registered something invalid (a wrong type, the same name twice itself)."""
+
+
+class NameConflictError(PluginError):
+    """A bare name that several plugins register was used: the error says how to choose one."""
 
 
 @attrs.frozen
@@ -45,6 +56,32 @@ class Entry:
     name: str
     obj: Any
     origin: Origin
+
+    @property
+    def qualified_name(self) -> str:
+        """``<plugin>:<name>``: the name that stays unique when plugins register the same name."""
+        return f"{self.origin.plugin}:{self.name}"
+
+
+@attrs.frozen
+class Conflict:
+    """One name registered by several plugins: ``kind`` is ``"strategy"`` or ``"adapter"``."""
+
+    kind: str
+    name: str
+    entries: tuple[Entry, ...]
+
+    def __str__(self) -> str:
+        origins = " and by ".join(str(e.origin) for e in self.entries)
+        choices = " or ".join(repr(e.qualified_name) for e in self.entries)
+        dists = sorted({e.origin.distribution for e in self.entries if e.origin.distribution} - {"tomeplug"})
+        uninstall = f" (pip uninstall {' or '.join(dists)})" if dists else ""
+        example = f"'{self.entries[0].qualified_name}'"
+        usage = f"adapter={example}" if self.kind == "adapter" else f"tomeplug.patch(model, {example}, ...)"
+        return (
+            f"the {self.kind} name {self.name!r} is registered by {origins}, so {self.name!r} alone is ambiguous. "
+            f"Choose one by its qualified name: {choices} (e.g. {usage}), or uninstall one of them{uninstall}."
+        )
 
 
 @attrs.frozen
@@ -72,14 +109,15 @@ class Registry:
         self._origins: dict[str, Origin] = {}
         self._failures: list[PluginFailure] = []
         self._entry_points_loaded = False
-        self._strategies: dict[str, Entry] | None = None
-        self._adapters: dict[str, Entry] | None = None
+        self._entries: dict[str, list[Entry]] | None = None  # kind -> entries in registration order
+        self._warned: set[Conflict] = set()
 
     def register_plugin(self, plugin: object, name: str | None = None, origin: Origin | None = None) -> None:
         """Register a plugin (a module or object with hook implementations) now.
 
-        A plugin that registers an invalid or duplicate entry raises :class:`PluginError`; one whose hook
-        raises (e.g. a failing import inside it) passes that error on. Either way it is not kept.
+        A plugin that registers an invalid entry, or one name twice itself, raises :class:`PluginError`; one
+        whose hook raises (e.g. a failing import inside it) passes that error on. Either way it is not kept.
+        A name another plugin registers too is kept for both (see the module docstring), with a warning.
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
         origin = origin or Origin(plugin=name)
@@ -95,15 +133,28 @@ class Registry:
 
     @property
     def strategies(self) -> dict[str, Entry]:
-        """Registered strategies by name (entries hold the config class)."""
-        self._load()
-        return dict(self._strategies)
+        """Registered strategies by name (entries hold the config class); conflicting ones by qualified name."""
+        return self._usable("strategy")
 
     @property
     def adapters(self) -> dict[str, Entry]:
-        """Registered adapters by name (entries hold the adapter instance)."""
+        """Registered adapters by name (entries hold the adapter instance); conflicting ones by qualified name."""
+        return self._usable("adapter")
+
+    @property
+    def conflicts(self) -> list[Conflict]:
+        """Names registered by several plugins (strategies first, then adapters)."""
         self._load()
-        return dict(self._adapters)
+        return self._conflicts()
+
+    def _conflicts(self) -> list[Conflict]:
+        found = []
+        for kind, entries in self._entries.items():
+            by_name: dict[str, list[Entry]] = {}
+            for entry in entries:
+                by_name.setdefault(entry.name, []).append(entry)
+            found += [Conflict(kind, name, tuple(same)) for name, same in by_name.items() if len(same) > 1]
+        return found
 
     @property
     def failures(self) -> list[PluginFailure]:
@@ -112,26 +163,52 @@ class Registry:
         return list(self._failures)
 
     def strategy(self, name: str) -> type[StrategyConfig]:
-        """The config class of a strategy; an unknown name raises and lists the installed ones."""
-        entries = self.strategies
-        if name not in entries:
-            raise KeyError(
-                f"unknown strategy {name!r}; installed strategies: {', '.join(sorted(entries)) or 'none'}. "
-                "Install a plugin that provides it, or pick one of these."
-            )
-        return entries[name].obj
+        """The config class of a strategy by name or qualified name; an unknown name raises and lists the
+        installed ones, a name several plugins register raises :class:`NameConflictError`."""
+        return self._resolve("strategy", name).obj
+
+    def adapter(self, name: str) -> Adapter:
+        """An adapter by name or qualified name, resolved as :meth:`strategy` resolves strategies."""
+        return self._resolve("adapter", name).obj
 
     def adapter_for(self, model: object) -> Adapter:
-        """The adapter whose ``matches(model)`` is true; none raises and lists the adapters."""
-        entries = self.adapters
-        for entry in entries.values():
-            if entry.obj.matches(model):
-                return entry.obj
+        """The adapter whose ``matches(model)`` is true; none raises and lists the adapters.
+
+        Two adapters of the same name (from different plugins) that both match raise
+        :class:`NameConflictError`: pass ``adapter="<plugin>:<name>"`` to choose.
+        """
+        self._load()
+        matching = [e for e in self._entries["adapter"] if e.obj.matches(model)]
+        if matching:
+            rivals = [e for e in matching if e.name == matching[0].name]
+            if len(rivals) > 1:
+                raise NameConflictError(f"{Conflict('adapter', rivals[0].name, tuple(rivals))} Both match this model.")
+            return matching[0].obj
         raise TypeError(
             f"no adapter supports {type(model).__module__}.{type(model).__qualname__}; installed adapters: "
-            + "; ".join(f"{e.name} ({e.obj.describe()})" for e in entries.values())
+            + "; ".join(f"{name} ({e.obj.describe()})" for name, e in self.adapters.items())
             + ". Pass the model (or its image encoder) one of these supports, or install an adapter plugin."
         )
+
+    def _usable(self, kind: str) -> dict[str, Entry]:
+        """Every entry of ``kind`` by the name that reaches it: bare if unique, else qualified."""
+        self._load()
+        names = [e.name for e in self._entries[kind]]
+        return {e.name if names.count(e.name) == 1 else e.qualified_name: e for e in self._entries[kind]}
+
+    def _resolve(self, kind: str, name: str) -> Entry:
+        self._load()
+        plugin, _, bare = name.rpartition(":")
+        found = [e for e in self._entries[kind] if e.name == bare and (not plugin or e.origin.plugin == plugin)]
+        if len(found) > 1:
+            raise NameConflictError(str(Conflict(kind, bare, tuple(found))))
+        if not found:
+            installed = ", ".join(sorted(self._usable(kind))) or "none"
+            raise KeyError(
+                f"unknown {kind} {name!r}; installed {PLURAL[kind]}: {installed}. "
+                "Install a plugin that provides it, or pick one of these."
+            )
+        return found[0]
 
     def _load(self) -> None:
         if self._autoload and not self._entry_points_loaded:
@@ -145,30 +222,34 @@ class Registry:
                     reason = f"{type(exc).__name__}: {exc}"
                     self._failures.append(PluginFailure(origin, reason))
                     warnings.warn(f"tomeplug: skipped {origin}: {reason}", RuntimeWarning, stacklevel=3)
-        if self._strategies is None:
+        if self._entries is None:
             self._collect()
 
     def _collect(self) -> None:
-        strategies: dict[str, Entry] = {}
-        adapters: dict[str, Entry] = {}
-        self._call("tomeplug_register_strategies", strategies, _check_strategy)
-        self._call("tomeplug_register_adapters", adapters, _check_adapter)
-        self._strategies, self._adapters = strategies, adapters
+        self._entries = {
+            "strategy": self._call("tomeplug_register_strategies", _check_strategy),
+            "adapter": self._call("tomeplug_register_adapters", _check_adapter),
+        }
+        for conflict in self._conflicts():
+            if conflict not in self._warned:
+                self._warned.add(conflict)
+                warnings.warn(f"tomeplug: {conflict}", RuntimeWarning, stacklevel=3)
 
-    def _call(self, hook_name: str, into: dict[str, Entry], check) -> None:
+    def _call(self, hook_name: str, check) -> list[Entry]:
+        entries: list[Entry] = []
         for impl in getattr(self._pm.hook, hook_name).get_hookimpls():  # in registration order
             origin = self._origins.get(impl.plugin_name, Origin(impl.plugin_name))
+            own: set[str] = set()
 
-            def register(obj: Any, origin: Origin = origin) -> None:
+            def register(obj: Any, origin: Origin = origin, own: set[str] = own) -> None:
                 name = check(obj, origin)
-                if name in into:
-                    raise PluginError(
-                        f"{hook_name}: the name {name!r} is registered twice, by {into[name].origin} "
-                        f"and by {origin}; uninstall one of them"
-                    )
-                into[name] = Entry(name, obj, origin)
+                if name in own:
+                    raise PluginError(f"{hook_name}: {origin} registers the name {name!r} twice")
+                own.add(name)
+                entries.append(Entry(name, obj, origin))
 
             impl.function(**{arg: register for arg in impl.argnames if arg == "register"})
+        return entries
 
 
 def _check_strategy(obj: Any, origin: Origin) -> str:

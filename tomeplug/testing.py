@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,7 +60,8 @@ def check_strategy(
     the identity plan, and on every grid (odd ones included) and every r: plan shapes and dtypes, exactly
     N - floor(r * N) slots, valid and unique kept indices each inside its own slot, sizes that count the
     assignment and sum to N, ``unmerge(merge(x))`` back to N tokens, a metric left unmodified, the same
-    plan for the same input, and (``batch_independent``) each group planned as if alone.
+    plan for the same input, (``batch_independent``) each group planned as if alone; then, on every grid
+    at ``max_r``, that ``plan()`` survives ``torch.jit.trace`` (:func:`check_traceable`).
 
     Args:
         config_cls: the strategy's :class:`tomeplug.StrategyConfig` subclass.
@@ -90,6 +92,35 @@ def check_strategy(
                     alone = [_plan(config, metric[i : i + 1], grid, where) for i in range(metric.shape[0])]
                     together = all(_same_plan(_row(plan, i), p) for i, p in enumerate(alone))
                     expect(together, f"{where}: a group's plan depends on the other groups of the batch")
+    config = config_cls(r=config_cls.max_r, **params)
+    for grid in grids:
+        metric = torch.randn(batch, grid[0] * grid[1], channels, generator=torch.Generator().manual_seed(seed))
+        check_traceable(config, metric, grid, f"{config_cls.__name__}(r={config.r}) on a {grid[0]}x{grid[1]} grid")
+
+
+def check_traceable(config: StrategyConfig, metric: Tensor, grid: tuple[int, int], where: str = "plan") -> None:
+    """Check that ``config.plan(metric, grid)`` can be traced by ``torch.jit.trace``.
+
+    The harness counts FLOPs with fvcore, which traces the patched model and so every plan() in it.
+    """
+
+    def plan_tensors(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        plan = config.plan(m, grid)
+        return plan.assignment, plan.kept, plan.size
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings on data-dependent values; trace's deprecation
+            torch.jit.trace(plan_tensors, (metric,), check_trace=False)
+    except Exception as exc:  # the tracer's errors are RuntimeErrors with multi-line internals
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        raise AssertionError(
+            f"{where}: plan() fails under torch.jit.trace ({reason}). The tomeplug harness counts FLOPs by "
+            "tracing the patched model (fvcore), so this strategy would crash it. The usual cause is a Python "
+            "bool passed as an op's value, e.g. mask.scatter_(1, idx, True) or masked_fill_(m, True): pass an "
+            "int (scatter_(1, idx, 1)) or a tensor (torch.ones_like(idx, dtype=torch.bool)) instead."
+        ) from exc
 
 
 def check_declaration(config_cls: type[StrategyConfig], **params: Any) -> None:
@@ -164,7 +195,7 @@ def check_adapter(
         r, **params: the merge fraction (> 0, so that the patch merges) and the strategy's parameters.
     """
     if isinstance(adapter, str):
-        adapter = get_registry().adapters[adapter].obj
+        adapter = get_registry().adapter(adapter)
     model, inputs, run = make_model(), make_input(), run or (lambda model, x: model(x))
     name = f"adapter {adapter.name!r} on {type(model).__name__}"
     expect(adapter.matches(model), f"{name}: matches(model) is False")

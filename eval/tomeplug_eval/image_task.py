@@ -76,6 +76,7 @@ class ImageTask(Task):
             meter = PeakMemory(self.setup.device) if metered else contextlib.nullcontext()
             with meter:
                 seconds, features = time_call(lambda: seg.encode(batch))
+            self.require_finite(features, f"the image encoder's output for {', '.join(i.name for i in items)}")
             outputs = []
             for i, (item, small) in enumerate(zip(items, resized, strict=True)):
                 boxes = np.stack([object_box(s, o) for s, o in zip(small.masks, item.masks, strict=True)])

@@ -28,10 +28,17 @@ from typing import Any, ClassVar
 import attrs
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 from tqdm import tqdm
+
+from tomeplug import active_patch
 
 from .distributed import World
 from .run_spec import RunSpec, digest
+
+
+class NonFiniteOutputError(FloatingPointError):
+    """The image encoder returned NaN or infinite values: the run stops rather than record numbers from them."""
 
 
 @attrs.frozen
@@ -83,6 +90,27 @@ class Task:
         if dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.setup.device.type, dtype=dtype)
+
+    def require_finite(self, output: Any, what: str) -> None:
+        """Raise :class:`NonFiniteOutputError` if a floating tensor in ``output`` holds NaN or inf."""
+        if all(t.isfinite().all() for t in tree_leaves(output) if torch.is_tensor(t) and t.is_floating_point()):
+            return
+        spec = self.setup.spec
+        model = "the unmerged model" if self.model is None or active_patch(self.model) is None else "the patched model"
+        raise NonFiniteOutputError(
+            f"{what} holds NaN or infinite values ({model}; run: {spec.model} / {spec.strategy} "
+            f"{spec.params}, dtype {self.setup.cfg.dtype}). Nothing is recorded from it. If the strategy is a "
+            "plugin's, check it with tomeplug.testing.check_strategy; if a low precision overflowed, use dtype=float32."
+        )
+
+    @contextlib.contextmanager
+    def finite_outputs(self, module: nn.Module, what: str) -> Iterator[None]:
+        """Inside the block, every forward of ``module`` must return finite values (see :meth:`require_finite`)."""
+        hook = module.register_forward_hook(lambda _module, _args, output: self.require_finite(output, what))
+        try:
+            yield
+        finally:
+            hook.remove()
 
     def _progress(self, total: int, what: str) -> tqdm:
         """A tqdm bar over ``total`` items, shown on rank 0 when ``progress`` is on."""

@@ -99,7 +99,8 @@ class VideoTask(Task):
         baseline = self.setup.spec.baseline
         if indices:
             self._warmup()
-        with self._progress(len(indices), "eval") as bar:
+        finite = self.finite_outputs(self.model.image_encoder, "the image encoder's output")
+        with self._progress(len(indices), "eval") as bar, finite:
             for index in indices:
                 item = self.dataset[index]
                 with PeakMemory(self.setup.device) as meter, self.autocast():

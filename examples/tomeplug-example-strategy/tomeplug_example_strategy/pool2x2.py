@@ -49,7 +49,8 @@ class Pool2x2Config(StrategyConfig):
         is_anchor = anchor == torch.arange(n, device=metric.device)
         score = score.masked_fill(is_anchor, float("-inf"))  # anchors never merge
         merged = score.argsort(dim=1, descending=True, stable=True)[:, :n_merge]  # (B', n_merge)
-        keep = torch.ones(b, n, dtype=torch.bool, device=metric.device).scatter_(1, merged, False)  # (B', N)
+        # value 0, not False: torch.jit.trace (the harness's FLOP count) has no scatter_ for a bool Scalar
+        keep = torch.ones(b, n, dtype=torch.bool, device=metric.device).scatter_(1, merged, 0)  # (B', N)
         kept = keep.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, : n - n_merge]  # (B', M)
         slot = keep.long().cumsum(dim=1) - 1  # (B', N) slot of every kept token
         assignment = torch.where(keep, slot, slot[:, anchor])  # merged tokens join their anchor's slot
