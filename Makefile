@@ -4,14 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+HOOK := $(VENV)/.torchvision-hook
 
-# Pins the CPU torch/torchvision for every pip call, including sam2's isolated sdist build.
+# Pins torch/torchvision for every pip call, including sam2's isolated sdist build.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export SAM2_BUILD_CUDA := 0
 
 .PHONY: demo test lint bench install
 
-install: $(STAMP)
+install: $(HOOK)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +21,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --no-deps imgaug==0.4.0
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The registry's torchvision is a CUDA build whose ops do not load under the CPU torch: a .pth in the
+# venv applies tomeplug's fallback on the first `import torchvision` (tomeplug/_torchvision_hook.py).
+# Rewritten whenever the venv is (re)installed or the hook changes.
+$(HOOK): $(STAMP) tomeplug/_torchvision_hook.py
+	$(PY) -m tomeplug._torchvision_hook
+	touch $(HOOK)
+
+demo: $(HOOK)
 	$(PY) -m tomeplug_eval.demo
 
-test: $(STAMP)
+test: $(HOOK)
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(HOOK)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-bench: $(STAMP)
+bench: $(HOOK)
 	$(PY) bench/encoder_speed.py

@@ -2,7 +2,7 @@
 
 Run from the repository root (random weights: the work does not depend on them), e.g.
 
-    .venv/bin/python bench/encoder_speed.py --model vit_l --scope attn --repeats 3
+    .venv/bin/python bench/encoder_speed.py --model sam_vit_l --scope attn --repeats 3
 
 Method:
 
@@ -20,11 +20,12 @@ Method:
   relative-position bias ("positions") is shown apart: it replaces upstream's own rel-pos work.
 - fidelity: cosine of the patched and dense embeddings of the timed runs (random weights: a smoke check).
 
-``--model`` is ``vit_b``, ``vit_l`` (SAM), ``hiera_l`` (SAM 2.1 Hiera-L) or a tiny smoke model. ``--layers``
-is ``paper`` (the published schedule, default for ViT-L: [0, 4, 5, 10, 16, 17, 19, 20, 22, 23], and
-Hiera-L: [31, 32, 34, 35, 37, 38, 44, 45, 46, 47]), ``vitb`` (ViT-B's default: the paper schedule at
+``--model`` is any of the harness's models (``model=`` in ``eval/harness.py``): ``sam_vit_b``, ``sam_vit_l``,
+``sam2.1_hiera_l``, ..., or a tiny smoke model (``sam_tiny``, ``sam2_tiny``). ``--layers`` is ``paper``
+(the published schedule, default for SAM / HQ-SAM ViT-L: [0, 4, 5, 10, 16, 17, 19, 20, 22, 23], and SAM
+2.1 Hiera-L: [31, 32, 34, 35, 37, 38, 44, 45, 46, 47]), ``vitb`` (default for ViT-B: the paper schedule at
 half depth, floor(i / 2) deduplicated: [0, 2, 5, 8, 9, 10, 11], all four global blocks included),
-``all``, ``windowed`` or indices ``0,4,5``.
+``all`` (default for every other model), ``windowed`` or indices ``0,4,5``.
 """
 
 from __future__ import annotations
@@ -58,12 +59,16 @@ from tomeplug_adapters import (
 )
 from tomeplug_eval.flops import count_flops
 from tomeplug_eval.latency import compare
-from tomeplug_eval.model_catalog import RandomWeightsWarning, build_model
+from tomeplug_eval.model_catalog import ALIASES, MODELS, RandomWeightsWarning, build_model
 
 VIT_B_SCHEDULE = [0, 2, 5, 8, 9, 10, 11]
-MODELS = {"vit_b": "vit_b", "vit_l": "vit_l", "hiera_l": "sam2.1_hiera_l", "tiny": "tiny", "tiny_hiera": "sam2_tiny"}
-"""``--model`` -> the harness's model name (``tomeplug_eval.model_catalog``); the tiny ones are smoke runs."""
-DEFAULT_LAYERS = {"vit_l": "paper", "vit_b": "vitb", "hiera_l": "paper", "tiny": "all", "tiny_hiera": "all"}
+DEFAULT_LAYERS = {
+    **dict.fromkeys(("sam_vit_l", "hq_sam_vit_l", "sam2.1_hiera_l"), "paper"),
+    **dict.fromkeys(("sam_vit_b", "hq_sam_vit_b"), "vitb"),
+}
+"""``--layers`` default per ``--model`` (``all`` for the others)."""
+SMALL_INPUTS = {"sam_tiny": 256, "hq_sam_tiny": 256, "sam2_tiny": 128}
+"""``--size`` default of the tiny smoke models (1024 for the others)."""
 MERGING_CODE = [sam_vit_attention, sam_vit_scopes, sam2_hiera_attention, sam2_hiera_scopes, windowed_scopes]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CACHE = Path("outputs/bench_flops_cache.json")
@@ -153,33 +158,60 @@ def merge_overhead(encoder: torch.nn.Module, schedule: dict, x: torch.Tensor) ->
     return watch.seconds
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every option says what it does (``--help``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Method: this file's docstring.")
+    add = parser.add_argument
+    add(
+        "--model",
+        type=lambda name: ALIASES.get(name, name),
+        choices=list(MODELS),
+        default="sam_vit_l",
+        metavar="MODEL",
+        help=f"a harness model (model= of eval/harness.py), random weights: {', '.join(MODELS)} (default: %(default)s)",
+    )
+    add("--strategy", default="tome", help="registered strategy (python -m tomeplug list; default: %(default)s)")
+    add(
+        "--layers",
+        help="paper | vitb | all | windowed | 0,4,5 (default: paper for the ViT-L models and "
+        "sam2.1_hiera_l, vitb for the ViT-B ones, else all)",
+    )
+    add("--r", type=float, default=0.5, help="merge fraction of each attention call's tokens (default: %(default)s)")
+    add(
+        "--scope",
+        choices=["attn", "block", "span"],
+        default="attn",
+        help="how much runs on merged tokens (default: %(default)s)",
+    )
+    add("--exclude-padding", action="store_true", help="edge windows' padding tokens merge only among themselves")
+    add("--dtype", choices=list(DTYPES), default="fp32", help="precision of both encoders (default: %(default)s)")
+    add("--device", choices=["cpu", "cuda"], default="cpu", help="where both encoders run (default: %(default)s)")
+    add("--batch", type=int, default=1, help="images per timed forward (default: %(default)s)")
+    add("--size", type=int, help="input side in pixels (default: 1024; sam_tiny, hq_sam_tiny 256; sam2_tiny 128)")
+    add("--compile", action="store_true", help="torch.compile both encoders (inductor) before timing")
+    add("--repeats", type=int, default=3, help="timed rounds per encoder, medians reported (default: %(default)s)")
+    add("--warmup", type=int, default=1, help="untimed rounds per encoder first (default: %(default)s)")
+    add(
+        "--overhead-runs",
+        type=int,
+        default=2,
+        help="instrumented patched forwards that time the merge overhead (default: %(default)s)",
+    )
+    add("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    add("--json", type=Path, help="append the result as one JSON line to this file")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=list(MODELS), default="vit_l", help="hiera_l: SAM 2.1; tiny*: smoke runs")
-    parser.add_argument("--strategy", default="tome")
-    layers_help = "paper | vitb | all | windowed | 0,4,5 (default: vitb for vit_b, all for tiny*, else paper)"
-    parser.add_argument("--layers", default=None, help=layers_help)
-    parser.add_argument("--r", type=float, default=0.5)
-    parser.add_argument("--scope", choices=["attn", "block", "span"], default="attn")
-    parser.add_argument("--exclude-padding", action="store_true")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--size", type=int, default=None, help="input side (default 1024; tiny: 256)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both encoders (inductor)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--overhead-runs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="append the result as one JSON line to this file")
-    args = parser.parse_args()
-    args.size = args.size or {"tiny": 256, "tiny_hiera": 128}.get(args.model, 1024)
+    """Time the dense and the patched encoder; print the result (and append it to ``--json``)."""
+    args = build_parser().parse_args()
+    args.size = args.size or SMALL_INPUTS.get(args.model, 1024)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        dense = build_model(MODELS[args.model]).image_encoder
-    layers = parse_layers(args.layers or DEFAULT_LAYERS[args.model], dense)
+        dense = build_model(args.model).image_encoder
+    layers = parse_layers(args.layers or DEFAULT_LAYERS.get(args.model, "all"), dense)
     patched = copy.deepcopy(dense)
     params = {"r": args.r, "scope": args.scope, **({"exclude_padding": True} if args.exclude_padding else {})}
     handle = tomeplug.patch(patched, args.strategy, layers, **params)

@@ -2,8 +2,8 @@
 
 Run from the repository root (minutes on CPU: fvcore traces one full forward per variant):
 
-    .venv/bin/python bench/flops_published.py --model vit_l [--threads 2]
-    .venv/bin/python bench/flops_published.py --model hiera_l
+    .venv/bin/python bench/flops_published.py --model sam_vit_l [--threads 2]
+    .venv/bin/python bench/flops_published.py --model sam2.1_hiera_l
 
 Weights are random (FLOPs do not depend on them). Variants: dense, and every listed strategy that is
 registered at r=0.5 on the paper's schedule (``layers="paper"``). References:
@@ -43,16 +43,18 @@ def hiera_l_encoder() -> torch.nn.Module:
 
 
 MODELS = {
-    "vit_l": (vit_l_encoder, {"dense": 1493.85, "tome": 1332.6, "pitome": 1335.3}),
-    "hiera_l": (hiera_l_encoder, {"dense": 912.0, "tome": 889.7}),
+    "sam_vit_l": (vit_l_encoder, {"dense": 1493.85, "tome": 1332.6, "pitome": 1335.3}),
+    "sam2.1_hiera_l": (hiera_l_encoder, {"dense": 912.0, "tome": 889.7}),
 }
 
 
 def main() -> None:
     """Count and print the table; exits non-zero if a count misses its reference."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="vit_l")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--model", choices=list(MODELS), default="sam_vit_l", help="harness model name (default: %(default)s)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     build, published = MODELS[args.model]

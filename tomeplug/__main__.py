@@ -9,6 +9,9 @@ import attrs
 
 from tomeplug.registry import Entry, Registry, get_registry
 
+DESCRIPTION = "'python -m tomeplug list' shows every strategy and adapter and who registered it."
+"""``--help``'s description: plain text (the module docstring is reStructuredText)."""
+
 
 def _defaults(config_cls: type) -> str:
     fields = attrs.fields(config_cls)
@@ -42,7 +45,7 @@ def format_listing(registry: Registry) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line."""
-    parser = argparse.ArgumentParser(prog="python -m tomeplug", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tomeplug", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list strategies and adapters with the plugin that registered each")
     parser.parse_args(argv)

@@ -1,8 +1,10 @@
 """Patching by class swap: a module's class becomes a subclass of (mixin, original class).
 
 Parameters, submodules and ``state_dict`` keys stay untouched, and undo is one assignment. The
-subclasses are made once per (mixin, original) pair and named after both, so pickle finds them again
-in a fresh process through this module's ``__getattr__``.
+subclasses are made once per (mixin, original) pair. Their ``__name__`` is readable
+(``MergingSamAttention_Attention``: what ``print(model)`` shows); their ``__qualname__`` encodes both
+classes' import paths (``Swapped_...``), which is what pickle records, so a fresh process finds them
+again through this module's ``__getattr__``.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def swapped_class(mixin: type, base: type) -> type:
     """The subclass of ``(mixin, base)`` used to patch modules of class ``base``."""
     key = (mixin, base)
     if key not in _cache:
-        name = f"{_PREFIX}{_encode(mixin)}{_SEPARATOR}{_encode(base)}"
-        namespace = {"__module__": __name__, "__qualname__": name, "_tomeplug_base": base}
-        _cache[key] = globals()[name] = type(name, (mixin, base), namespace)
+        pickled_name = f"{_PREFIX}{_encode(mixin)}{_SEPARATOR}{_encode(base)}"
+        namespace = {"__module__": __name__, "__qualname__": pickled_name, "_tomeplug_base": base}
+        swapped = type(f"{mixin.__name__}_{base.__name__}", (mixin, base), namespace)
+        _cache[key] = globals()[pickled_name] = swapped
     return _cache[key]
 
 

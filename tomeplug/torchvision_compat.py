@@ -89,7 +89,7 @@ def ensure_torchvision() -> bool:
         return False
     try:
         importlib.import_module("torchvision")
-        return False
+        return _fallback_active  # True where the import hook (tomeplug._torchvision_hook) applied the fallback
     except RuntimeError as error:
         if not _MISSING_OP_ERROR.search(str(error)):
             raise

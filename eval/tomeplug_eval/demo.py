@@ -16,6 +16,7 @@ ViT-B's 12 blocks, i.e. all four global blocks (2, 5, 8, 11) and windowed blocks
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     print(f"demo: {args.model} on {' + '.join(args.datasets)} (first {args.limit} images each), none vs "
           f"{', '.join(args.strategies)} at r={args.r} on blocks {args.layers}", flush=True)  # fmt: skip
     for command in commands(args):
-        print("$ " + " ".join(command[1:]), flush=True)
+        print("$ " + shlex.join(command), flush=True)  # pasteable into a shell as it stands
         subprocess.run(command, check=True)
     table = (Path(args.output_dir) / "results.md").read_text()
     print(f"\n{table}\n{LEGEND}\nFull results: {args.output_dir}/results.jsonl, .csv, .png", flush=True)

@@ -155,6 +155,11 @@ def resolve(cfg: Any, device_type: str) -> RunSpec:
     checkpoint = resolve_checkpoint(model, cfg.checkpoint)
     if checkpoint is not None:
         require_checkpoint(checkpoint, model)
+    if OmegaConf.is_missing(cfg.strategy, "name"):  # strategy=plugin without strategy.name (plugin.yaml)
+        raise ValueError(
+            "strategy=plugin needs the strategy's name: add strategy.name=NAME (e.g. strategy=plugin "
+            "strategy.name=pool2x2); `python -m tomeplug list` shows the registered names"
+        )
     strategy_node = dict(plain(cfg.strategy))
     strategy = str(strategy_node.pop("name"))
     params = {k: v for k, v in strategy_node.items() if v is not None}

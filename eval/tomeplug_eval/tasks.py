@@ -112,11 +112,16 @@ class Task:
         finally:
             hook.remove()
 
+    @property
+    def show_progress(self) -> bool:
+        """Whether progress bars are shown: on rank 0 when ``progress`` is on."""
+        return bool(self.setup.cfg.progress and self.setup.world.is_main)
+
     def _progress(self, total: int, what: str) -> tqdm:
-        """A tqdm bar over ``total`` items, shown on rank 0 when ``progress`` is on."""
-        spec, show = self.setup.spec, self.setup.cfg.progress and self.setup.world.is_main
+        """A tqdm bar over ``total`` items (see :attr:`show_progress`)."""
+        spec = self.setup.spec
         desc = f"{what} {spec.model} {spec.strategy} {self.dataset.name}"
-        return tqdm(total=total, desc=desc, unit=self.unit, disable=not show, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit=self.unit, disable=not self.show_progress, dynamic_ncols=True)
 
     def model_options(self, family: str) -> dict[str, Any]:
         """Options for :func:`~.model_catalog.build_model` (e.g. a video predictor ``target`` for SAM 2)."""

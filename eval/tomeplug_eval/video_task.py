@@ -71,7 +71,7 @@ class VideoTask(Task):
         try:
             if source is None:
                 with self.autocast():
-                    run_vos(self.model, self.dataset[index], output_dir=scratch, progress=self.setup.cfg.progress)
+                    run_vos(self.model, self.dataset[index], output_dir=scratch, progress=self.show_progress)
             else:
                 shutil.copytree(source / name, scratch / name)
             os.replace(scratch / name, self._reference(index) / name)  # the folder exists only complete
@@ -104,7 +104,7 @@ class VideoTask(Task):
             for index in indices:
                 item = self.dataset[index]
                 with PeakMemory(self.setup.device) as meter, self.autocast():
-                    result = run_vos(self.model, item, output_dir=self.prediction_dir, progress=self.setup.cfg.progress)
+                    result = run_vos(self.model, item, output_dir=self.prediction_dir, progress=self.show_progress)
                 if baseline and not self._has_reference(index):
                     self._save_reference(index, source=self.prediction_dir)
                 reference = result.masks if baseline else read_predictions(self._reference(index), item)

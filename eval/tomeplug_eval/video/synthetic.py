@@ -29,8 +29,8 @@ DONE = "complete"
 
 
 def default_cache_dir() -> Path:
-    """``$TOMEPLUG_CACHE``, else ``<tmp>/tomeplug``."""
-    return Path(os.environ.get("TOMEPLUG_CACHE") or Path(tempfile.gettempdir()) / "tomeplug")
+    """``$TOMEPLUG_CACHE``, else ``<tmp>/tomeplug-cache`` (not ``<tmp>/tomeplug``: that would shadow the package)."""
+    return Path(os.environ.get("TOMEPLUG_CACHE") or Path(tempfile.gettempdir()) / "tomeplug-cache")
 
 
 def _motion(rng: np.random.Generator, mask: np.ndarray, frames: int, target: np.ndarray | None) -> list[np.ndarray]:

@@ -122,16 +122,17 @@ def _track(predictor: nn.Module, state: dict[str, Any], item: VideoItem) -> Mask
 
 @contextlib.contextmanager
 def sam2_progress_bars(show: bool) -> Iterator[None]:
-    """SAM 2's own tqdm bars (frame loading, propagation) shown, or silenced for the duration."""
-    if show:
-        yield
-        return
+    """SAM 2's own tqdm bars (frame loading, propagation) shown, or silenced, for the duration.
+
+    Shown, they are transient (``leave=False``): each clears its line when done. Left behind (SAM 2's
+    default), every bar nested under the harness's per-video bar would leave its line and a blank one.
+    """
     import sam2.sam2_video_predictor
     import sam2.utils.misc
     from tqdm import tqdm
 
-    quiet = functools.partial(tqdm, disable=True)
-    with mock.patch.object(sam2.sam2_video_predictor, "tqdm", quiet), mock.patch.object(sam2.utils.misc, "tqdm", quiet):
+    bar = functools.partial(tqdm, leave=False) if show else functools.partial(tqdm, disable=True)
+    with mock.patch.object(sam2.sam2_video_predictor, "tqdm", bar), mock.patch.object(sam2.utils.misc, "tqdm", bar):
         yield
 
 
@@ -162,7 +163,7 @@ def run_vos(
             ids) or, for SA-V items, ``<output_dir>/<name>/<obj:03d>/<frame>.png``.
         non_overlap: SAM 2's ``non_overlap_masks`` for this run; default: on unless ``item.per_object_png``.
         offload_video_to_cpu: keep the decoded frames on the CPU (``init_state``'s option).
-        progress: show SAM 2's own progress bars (frame loading, propagation).
+        progress: show SAM 2's own progress bars (frame loading, propagation; transient).
     """
     non_overlap = not item.per_object_png if non_overlap is None else non_overlap
     saved, predictor.non_overlap_masks = predictor.non_overlap_masks, non_overlap
