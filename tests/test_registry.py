@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
-import types
 
 import attrs
 import pytest
+from fake_plugins import plugin_registering
 
 import tomeplug
 from tomeplug.__main__ import format_listing
@@ -19,18 +19,6 @@ from tomeplug_strategies.tome import ToMeConfig
 @attrs.frozen(kw_only=True)
 class EchoConfig(ToMeConfig):
     name = "echo"
-
-
-def plugin_registering(*configs, name="fake_plugin"):
-    module = types.ModuleType(name)
-
-    @tomeplug.hookimpl
-    def tomeplug_register_strategies(register):
-        for config in configs:
-            register(config)
-
-    module.tomeplug_register_strategies = tomeplug_register_strategies
-    return module
 
 
 class FakeDist:

@@ -6,8 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from test_distributed import free_port
-from test_harness import composed, harness
+from harness_helpers import composed, free_port, harness
 
 from tomeplug_eval import runner
 from tomeplug_eval.results import ItemCache, ResultsFile, read_jsonl
