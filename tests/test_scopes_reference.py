@@ -140,7 +140,10 @@ def assert_matches_reference(outputs, expected):
 
 
 OPTIONS = [{}, {"prop_attn": True}, {"exclude_padding": True}, {"metric": "keys"}]
-CASES = [(name, {}) for name in STRATEGIES] + [("tome", options) for options in OPTIONS[1:]]
+CASES = [
+    pytest.param(name, options, id="-".join([name, *(f"{k}={v}" for k, v in options.items())]))
+    for name, options in [(name, {}) for name in STRATEGIES] + [("tome", options) for options in OPTIONS[1:]]
+]
 
 
 @pytest.mark.parametrize("scope", ["block", "span"])
