@@ -13,7 +13,6 @@ from tomeplug_eval.metrics import (
     embedding_cosine,
     mask_boundary,
     mask_iou,
-    reference_mask_iou,
 )
 
 
@@ -82,11 +81,6 @@ def test_boundary_iou_is_more_sensitive_to_a_one_pixel_shift():
     assert mask_iou(a, b) == pytest.approx(9900 / 10100)
     assert boundary_iou(a, b) == pytest.approx(2068 / 2444)
     assert boundary_iou(a, b) < mask_iou(a, b) - 0.1
-
-
-def test_reference_mask_iou_is_mask_iou():
-    a, b = square((20, 20), 5, 2, 10), square((20, 20), 5, 4, 10)
-    assert reference_mask_iou(a, b) == mask_iou(a, b)
 
 
 def test_embedding_cosine_per_image():

@@ -2,8 +2,8 @@
 
 The reference is written from the semantics in ``tomeplug_adapters.windowed_scopes``' docstring, one image
 and one window at a time, with the unpatched model's sub-layers (``norm1``, ``attn.qkv``, ``attn.proj``,
-``norm2``, ``mlp``), upstream's relative-position table and ``MergePlan.merge`` / ``unmerge``; it shares
-nothing else with the adapters. Each window gets its own plan from the strategy (so the batched
+``norm2``, ``mlp``), the plain attentions of ``reference_attention`` and ``MergePlan.merge`` / ``unmerge``;
+it shares nothing else with the adapters. Each window gets its own plan from the strategy (so the batched
 implementation's planning of all windows at once is checked too). In float64, the batched implementation
 must give the reference's numbers.
 """
@@ -11,12 +11,12 @@ must give the reference's numbers.
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import STRATEGIES
+from reference_attention import hiera_attention, sam_attention
 from scope_helpers import encode
 from tiny_models import deep_encoder, tiny_hiera
 
@@ -29,34 +29,6 @@ HIERA_RUNS = {
     "block": tuple((i,) for i in range(12)),
     "span": ((0, 1), (2,), (3, 4), (5,), (6, 7), (8,), (9,), (10,), (11,)),  # runs end at stage ends and pooling
 }
-
-
-def sam_attention(attn, x, kept, size, grid, prop_attn):
-    """SAM's attention over one window's merged tokens x (M, C), each at its kept token's cell of ``grid``."""
-    from segment_anything.modeling.image_encoder import get_rel_pos
-
-    m, c = x.shape
-    q, k, v = attn.qkv(x).reshape(m, 3, attn.num_heads, -1).permute(1, 2, 0, 3)  # (heads, M, hd)
-    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (heads, M, M)
-    if attn.use_rel_pos:
-        rows, cols = kept // grid[1], kept % grid[1]
-        rel_h = get_rel_pos(grid[0], grid[0], attn.rel_pos_h)[rows][:, rows]  # (M, M, hd): query row, key row
-        rel_w = get_rel_pos(grid[1], grid[1], attn.rel_pos_w)[cols][:, cols]
-        logits = logits + torch.einsum("hmc,mnc->hmn", q, rel_h) + torch.einsum("hmc,mnc->hmn", q, rel_w)
-    if prop_attn:
-        logits = logits + size.log().to(x.dtype)
-    out = logits.softmax(-1) @ v  # (heads, M, hd)
-    return attn.proj(out.transpose(0, 1).reshape(m, c))
-
-
-def hiera_attention(attn, x, kept, size, grid, prop_attn):
-    """Hiera's attention (no positions) over one window's merged tokens x (M, C)."""
-    m, _ = x.shape
-    q, k, v = attn.qkv(x).reshape(m, 3, attn.num_heads, -1).permute(1, 2, 0, 3)  # (heads, M, hd)
-    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if prop_attn:
-        logits = logits + size.log().to(x.dtype)
-    return attn.proj((logits.softmax(-1) @ v).transpose(0, 1).reshape(m, -1))
 
 
 def window_plan(strategy, first, tokens, real, grid, options):
