@@ -40,8 +40,8 @@ class AtenOps(TorchDispatchMode):
 
 
 def tome_plan(attn, tokens, grid, r=0.5):
-    config = tomeplug.get_registry().strategy("tome")(r=r)
-    return plan_merge(config, tokens, attn.qkv, attn.num_heads, grid)
+    setting = tomeplug.Setting(strategy=tomeplug.get_registry().strategy("tome")(r=r))
+    return plan_merge(setting, tokens, attn.qkv, attn.num_heads, grid)
 
 
 @pytest.mark.parametrize("block_index", [0, 2])  # windowed, global
