@@ -8,6 +8,7 @@ os.environ.setdefault("TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD", "1")  # tests register
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from fake_plugins import fake_entry_points  # noqa: E402, F401  (a fixture for every test module)
 
 import tomeplug_adapters  # noqa: E402
 import tomeplug_strategies  # noqa: E402

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_scopes import deep_encoder
-from tiny_models import tiny_hiera
+from tiny_models import deep_encoder, tiny_hiera
 
 import tomeplug
 

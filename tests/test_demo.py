@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tomeplug_eval import demo
+import re
+import types
+
+from tomeplug_eval import demo, latency
 from tomeplug_eval.latency import compare
 
 
@@ -14,7 +17,8 @@ def test_demo_runs_the_harness_and_prints_the_table(tmp_path, capsys, monkeypatc
     assert table in out and "Full results" in out
     rows = [line for line in table.splitlines() if line.startswith("| sam_tiny ")]
     assert [row.split(" | ")[3] for row in rows] == ["none", "tome"]
-    assert " | random | " in rows[0] and "| 1.00x |" in rows[0] and "| [0, 1, 2, 3] |" in rows[1]
+    assert " | random | " in rows[0] and "| [0, 1, 2, 3] |" in rows[1]
+    assert re.search(r"\| \d+\.\d\dx \|", rows[1])  # tome's speedup over the none run the demo puts first
 
 
 def test_default_layers_scale_the_paper_schedule():
@@ -29,8 +33,23 @@ def test_demo_sweeps_every_strategy_with_none_first():
     assert second[2:5] == ["-m", "strategy=plugin", "strategy.name=third_party"]
 
 
-def test_compare_interleaves_and_reports_speedup():
-    calls = []
-    result = compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3)
+def test_compare_interleaves_and_reports_medians_and_speedups(monkeypatch):
+    """On a fake clock each call of a variant takes the next of its durations (the first is the warmup's)."""
+    now, calls = [0.0], []
+    monkeypatch.setattr(latency, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def variant(name: str, *seconds: float):
+        durations = iter(seconds)
+
+        def call():
+            calls.append(name)
+            now[0] += next(durations)
+            return len(calls)
+
+        return call
+
+    result = compare({"a": variant("a", 9.0, 3.0, 2.0, 2.0), "b": variant("b", 9.0, 0.5, 0.5, 0.5)}, repeats=3)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
-    assert set(result["speedup"]) == {"a", "b"} and result["speedup"]["a"] == 1.0
+    assert result["all_s"] == {"a": [3.0, 2.0, 2.0], "b": [0.5, 0.5, 0.5]}
+    assert result["median_s"] == {"a": 2.0, "b": 0.5} and result["speedup"] == {"a": 1.0, "b": 4.0}
+    assert result["last"] == {"a": 7, "b": 8}

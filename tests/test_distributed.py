@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from test_harness import FAST, harness, run
+from harness_helpers import FAST, free_port, harness, run
 
 from tomeplug_eval import distributed
 from tomeplug_eval.results import ItemCache, ResultsFile, read_jsonl
@@ -22,12 +20,6 @@ def test_single_process_collectives_are_local():
     world = distributed.world_from_env()
     assert world == distributed.World(0, 1, 0) and world.is_main
     assert distributed.gather({"a": 1}, world) == [{"a": 1}] and distributed.broadcast(3, world) == 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_give_the_numbers_of_one(tmp_path):

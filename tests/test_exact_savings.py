@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 import torch
-from test_scopes import deep_encoder, encode
+from scope_helpers import encode
+from tiny_models import deep_encoder
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -14,9 +14,8 @@ import attrs
 import pytest
 import torch
 import torch.nn.functional as F
-from test_adapter_timm import tiny_samvit, tiny_vit
-from test_scopes import IdentityConfig, deep_encoder
-from tiny_models import tiny_hiera, tiny_sam
+from scope_helpers import IdentityConfig
+from tiny_models import deep_encoder, tiny_hiera, tiny_sam, tiny_samvit, tiny_vit
 from torch import Tensor, nn
 
 import tomeplug

@@ -2,55 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import attrs
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.singleton import Singleton
+from harness_helpers import FAST, composed, harness, run
 from tiny_models import tiny_sam_encoder
 
 import tomeplug
 from tomeplug.setting import OPTION_NAMES
-from tomeplug_eval import image_task, runner, tables
+from tomeplug_eval import image_task, tables
 from tomeplug_eval.model_catalog import CheckpointError
 from tomeplug_eval.results import ItemCache, ResultsFile
 from tomeplug_eval.speed_check import interleaved_speed
-
-ROOT = Path(__file__).resolve().parents[1]
-HARNESS, CONF = ROOT / "eval" / "harness.py", ROOT / "eval" / "conf"
-FAST = ["model=sam_tiny", "dataset=synthetic", "limit=3", "threads=1", "progress=false", "warmup=0"]
-
-
-@contextlib.contextmanager
-def composed(*overrides: str):
-    """The harness config for ``overrides``, composed in-process (hydra's global state restored after)."""
-    state = Singleton.get_state()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            yield compose("harness", overrides=list(overrides))
-    finally:
-        Singleton.set_state(state)
-
-
-def run(tmp_path: Path, *overrides: str) -> dict | None:
-    with composed(*FAST, f"output_dir={tmp_path}", *overrides) as cfg:
-        return runner.run(cfg)
-
-
-def harness(*args: str, module: list[str] | None = None) -> subprocess.CompletedProcess:
-    """The harness as a subprocess, with the installed plugins (conftest disables autoload for this process)."""
-    env = {k: v for k, v in os.environ.items() if k != "TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD"}
-    command = [sys.executable, *(module or []), str(HARNESS), *args]
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_config_pins_groups_and_keys(registry):

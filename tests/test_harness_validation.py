@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness_helpers import composed, free_port, run
 from PIL import Image
-from test_distributed import free_port
-from test_harness import composed, run
 from torch import nn
 
 from tomeplug_eval import distributed, image_task

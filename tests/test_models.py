@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from harness_helpers import CONF
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.singleton import Singleton
-from test_harness import CONF
 
 from tomeplug_eval import architectures, model_catalog
 from tomeplug_eval.model_catalog import MODELS, CheckpointError, build_model, load_checkpoint, resolve_checkpoint

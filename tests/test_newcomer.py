@@ -17,8 +17,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_harness import run as run_harness
-from test_video_harness import run as run_video_harness
+from harness_helpers import run as run_harness
+from harness_helpers import run_video as run_video_harness
 from tiny_models import tiny_sam_encoder
 
 import tomeplug

@@ -33,8 +33,8 @@ def test_plan_uses_the_chosen_metric(strategy_name, metric):
     attn = tiny_sam_encoder().blocks[0].attn
     tokens = torch.randn(4, 25, 64, generator=torch.Generator().manual_seed(0))
     setting = setting_for(strategy_name, 0.4, metric=metric)
-    features = tokens if metric == "input" else key_features(tokens, attn.qkv)
-    expected = setting.strategy.plan(head_mean(features, 4), (5, 5))
+    features = tokens if metric == "input" else attn.qkv(tokens)[..., 64:128]  # qkv's rows: q, k, v
+    expected = setting.strategy.plan(features.reshape(4, 25, 4, 16).mean(dim=2), (5, 5))  # mean over the 4 heads
     plan = plan_merge(setting, tokens, attn.qkv, 4, (5, 5))
     assert torch.equal(plan.assignment, expected.assignment) and torch.equal(plan.kept, expected.kept)
 

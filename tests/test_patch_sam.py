@@ -8,6 +8,7 @@ import attrs
 import numpy as np
 import pytest
 import torch
+from reference_attention import sam_attention
 from tiny_models import tiny_sam, tiny_sam_encoder
 
 import tomeplug
@@ -122,20 +123,19 @@ def test_merging_path_with_identity_plan_matches_upstream(block_index, prop_attn
     torch.testing.assert_close(ours.reshape_as(upstream), upstream, atol=1e-5, rtol=1e-5)
 
 
-def test_merged_tokens_use_kept_positions():
-    """Two identical tokens merged into one slot behave like a single token at the kept position."""
-    attn = tiny_sam_encoder().blocks[1].attn
-    x = torch.randn(1, 16 * 16, 64)
-    x[0, 1] = x[0, 0]  # token 1 duplicates token 0; merge it into token 0 (kept)
-    assignment = torch.arange(256).clone()
-    assignment[1] = 0
-    assignment[2:] -= 1
-    kept = torch.cat([torch.tensor([0]), torch.arange(2, 256)])
-    plan = MergePlan.from_assignment(assignment[None], kept[None])
+@pytest.mark.parametrize("prop_attn", [False, True])
+@pytest.mark.parametrize("block_index", [0, 1])  # a windowed (padded) and a global block
+def test_merged_attention_matches_a_per_call_reference(block_index, prop_attn):
+    """With a real plan, merged tokens attend at their kept tokens' cells: every call on its own, in full."""
+    attn = tiny_sam_encoder().blocks[block_index].attn.double()
+    side = 5 if block_index == 0 else 16
+    tokens = torch.randn(3, side * side, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    plan = tomeplug.get_registry().strategy("tome")(r=0.5).plan(tokens[..., :16], (side, side))
     with torch.no_grad():
-        merged = merged_attention(attn, x, plan, (16, 16), prop_attn=False)
-    assert torch.equal(merged[0, 0], merged[0, 1])
-    assert plan.size[0, 0] == 2 and plan.size.sum() == 256
+        got = merged_attention(attn, tokens, plan, (side, side), prop_attn)
+        merged = plan.merge(tokens)
+        calls = [sam_attention(attn, merged[i], plan.kept[i], plan.size[i], (side, side), prop_attn) for i in range(3)]
+    torch.testing.assert_close(got, plan.unmerge(torch.stack(calls)), atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from fake_plugins import install
 from tiny_models import tiny_sam_encoder
 
 import tomeplug
@@ -62,15 +61,6 @@ class ToyAdapter(tomeplug.Adapter):
 def tomeplug_register_adapters(register):
     register(ToyAdapter)  # the class, not an instance
 """
-
-
-def install(root: Path, module: str, dist: str, version: str, source: str) -> None:
-    """Write ``module`` and its distribution's metadata, with a ``tomeplug`` entry point, into ``root``."""
-    (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text(f"[tomeplug]\n{module} = {module}\n")
 
 
 @pytest.fixture

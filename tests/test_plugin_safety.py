@@ -20,10 +20,9 @@ import warnings
 import attrs
 import pytest
 import torch
-from test_harness import run as run_harness
-from test_plugin_isolation import install
-from test_registry import FakeDist, FakeEntryPoint, fake_entry_points  # noqa: F401  (a fixture)
-from test_video_harness import run as run_video_harness
+from fake_plugins import FakeDist, FakeEntryPoint, install
+from harness_helpers import run as run_harness
+from harness_helpers import run_video as run_video_harness
 from tiny_models import tiny_sam_encoder
 
 import tomeplug
@@ -343,7 +342,7 @@ def test_conflicting_adapter_keeps_both_and_errors_when_ambiguous(registry):
     assert isinstance(registry.adapter("copycat:sam_vit"), CopycatSamAdapter)
 
 
-def test_conflicting_entry_point_keeps_its_other_strategies(fake_entry_points):  # noqa: F811
+def test_conflicting_entry_point_keeps_its_other_strategies(fake_entry_points):
     import tomeplug_strategies
 
     fake_entry_points += [

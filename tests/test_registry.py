@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import subprocess
 import sys
-import types
 
 import attrs
 import pytest
+from fake_plugins import FakeDist, FakeEntryPoint, plugin_registering
 
 import tomeplug
 from tomeplug.__main__ import format_listing
@@ -19,42 +18,6 @@ from tomeplug_strategies.tome import ToMeConfig
 @attrs.frozen(kw_only=True)
 class EchoConfig(ToMeConfig):
     name = "echo"
-
-
-def plugin_registering(*configs, name="fake_plugin"):
-    module = types.ModuleType(name)
-
-    @tomeplug.hookimpl
-    def tomeplug_register_strategies(register):
-        for config in configs:
-            register(config)
-
-    module.tomeplug_register_strategies = tomeplug_register_strategies
-    return module
-
-
-class FakeDist:
-    def __init__(self, name, version):
-        self.name, self.version = name, version
-
-
-class FakeEntryPoint:
-    """Stands in for an installed distribution's entry point."""
-
-    def __init__(self, name, target, dist):
-        self.name, self.group, self.dist, self._target = name, "tomeplug", dist, target
-
-    def load(self):
-        if isinstance(self._target, Exception):
-            raise self._target
-        return self._target
-
-
-@pytest.fixture
-def fake_entry_points(monkeypatch):
-    points = []
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [p for p in points if p.group == group])
-    return points
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:

@@ -5,60 +5,17 @@ from __future__ import annotations
 import pickle
 from functools import partial
 
-import attrs
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import _randomise, tiny_hiera, tiny_sam_encoder
-from torch import nn
+from scope_helpers import IdentityConfig, encode, module_layout, record_mlp_inputs
+from tiny_models import deep_encoder, tiny_hiera, tiny_sam_encoder
 
 import tomeplug
-from tomeplug.config import StrategyConfig
-from tomeplug.plan import MergePlan
 
 PACKAGES = ["segment_anything", "segment_anything_hq"]
 SCOPES = ["block", "span"]
-WINDOWED, GLOBAL = [0, 1, 3, 4], [2, 5]  # blocks of deep_encoder()
-
-
-def deep_encoder(package: str = "segment_anything", img_size: int = 256, seed: int = 0) -> nn.Module:
-    """tiny_sam_encoder's dimensions at depth 6, global blocks 2 and 5: two runs of two windowed blocks."""
-    modeling = __import__(f"{package}.modeling", fromlist=["ImageEncoderViT"])
-    encoder = modeling.ImageEncoderViT(
-        img_size=img_size, patch_size=16, embed_dim=64, depth=6, num_heads=4, out_chans=32,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=5, global_attn_indexes=[2, 5],
-    )  # fmt: skip
-    return _randomise(encoder, seed)
-
-
-@attrs.frozen(kw_only=True)
-class IdentityConfig(StrategyConfig):
-    """A strategy that merges nothing whatever r is: the merging path must then reproduce upstream."""
-
-    name = "identity"
-    max_r = 0.9
-
-    def plan(self, metric, grid, valid=None):
-        return MergePlan.identity(metric.shape[0], metric.shape[1], metric.device)
-
-
-def module_layout(model):
-    """Every module's class and attribute names: unpatching must restore both."""
-    return [(type(m), sorted(m.__dict__)) for m in model.modules()]
-
-
-def record_mlp_inputs(blocks):
-    """{block index: shape of its MLP's input}, filled by the next forward."""
-    seen = {}
-    for index, block in enumerate(blocks):
-        block.mlp.register_forward_hook(lambda m, args, out, i=index: seen.__setitem__(i, tuple(args[0].shape)))
-    return seen
-
-
-def encode(encoder, x):
-    with torch.no_grad():
-        out = encoder(x)
-    return out[0] if isinstance(out, tuple) else out
+WINDOWED, GLOBAL = [0, 1, 3, 4], [2, 5]  # blocks of tiny_models.deep_encoder()
 
 
 def cosine(a, b):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_scopes import IdentityConfig, module_layout, record_mlp_inputs
+from scope_helpers import IdentityConfig, module_layout, record_mlp_inputs
 from tiny_models import sam2_feat_sizes, tiny_hiera, tiny_sam2
 
 import tomeplug

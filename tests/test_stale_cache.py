@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import builtin_registry
+from fake_plugins import plugin_registering
+from harness_helpers import composed
 from PIL import Image
-from test_harness import composed
-from test_registry import plugin_registering
-from test_video_data import write_sav
+from video_folders import write_sav
 
 from tomeplug.registry import Origin, use_registry
 from tomeplug_eval import code_identity, runner, tables

@@ -100,11 +100,16 @@ def test_merge_and_unmerge(registry, strategy_name, case, channels):
     # merging conserves the size-weighted total: nothing is lost
     torch.testing.assert_close((merged * plan.size.unsqueeze(-1)).sum(dim=1), x.sum(dim=1), rtol=1e-5, atol=1e-4)
 
-    # constant within every slot (small integers: sums and means are exact): merge and unmerge are exact
+    # by definition, as dense matrices: membership[g, s, i] = 1 where token i of group g is in slot s
+    membership = (plan.assignment.unsqueeze(1) == torch.arange(m).view(1, m, 1)).double()  # (B, M, N)
+    mean = membership @ x.double() / membership.sum(-1, keepdim=True)  # every slot's mean token
+    torch.testing.assert_close(merged.double(), mean, rtol=1e-5, atol=1e-5)
+    y = torch.randn(b, m, channels, generator=generator)
+    torch.testing.assert_close(plan.unmerge(y).double(), membership.transpose(1, 2) @ y.double(), rtol=0, atol=0)
+
+    # constant within every slot (small integers: sums and means are exact): merging gives the constants back
     per_slot = torch.randint(-8, 9, (b, m, channels), generator=generator).float()
-    x = plan.unmerge(per_slot)
-    assert torch.equal(plan.merge(x), per_slot)
-    assert torch.equal(plan.unmerge(plan.merge(x)), x)
+    assert torch.equal(plan.merge(plan.unmerge(per_slot)), per_slot)
 
     constant = torch.full((b, n, channels), 0.3)
     torch.testing.assert_close(plan.unmerge(plan.merge(constant)), constant, rtol=0, atol=1e-6)

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
-from test_distributed import free_port
-from test_harness import composed, harness
+from harness_helpers import VFAST, free_port, harness, run_video
 
-from tomeplug_eval import runner
 from tomeplug_eval.results import ItemCache, ResultsFile, read_jsonl
 
-VFAST = ["model=sam2_tiny", "dataset=synthetic_video", "threads=1", "progress=false", "warmup=0"]
-
-
-def run(tmp_path: Path, *overrides: str) -> dict | None:
-    with composed(*VFAST, f"output_dir={tmp_path}", *overrides) as cfg:
-        return runner.run(cfg)
+run = run_video
 
 
 def test_sweep_of_baseline_and_tome_gives_video_rows(tmp_path):

@@ -40,6 +40,16 @@ def tiny_sam_encoder(package: str = "segment_anything", img_size: int = 256, see
     return _randomise(encoder, seed)
 
 
+def deep_encoder(package: str = "segment_anything", img_size: int = 256, seed: int = 0) -> nn.Module:
+    """tiny_sam_encoder's dimensions at depth 6, global blocks 2 and 5: two runs of two windowed blocks."""
+    modeling = __import__(f"{package}.modeling", fromlist=["ImageEncoderViT"])
+    encoder = modeling.ImageEncoderViT(
+        img_size=img_size, patch_size=16, embed_dim=64, depth=6, num_heads=4, out_chans=32,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=5, global_attn_indexes=[2, 5],
+    )  # fmt: skip
+    return _randomise(encoder, seed)
+
+
 def tiny_sam(package: str = "segment_anything", img_size: int = 256, seed: int = 0) -> nn.Module:
     """A whole ``Sam`` (encoder above, official prompt encoder and mask decoder) at tiny sizes."""
     modeling = __import__(f"{package}.modeling", fromlist=["Sam"])
