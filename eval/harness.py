@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> None:
     """Run one job (hydra calls this once per job of a multirun)."""
     from tomeplug.torchvision_compat import ensure_torchvision  # imported here: --help stays quick
+    from tomeplug_eval.results import ResultsFile
+    from tomeplug_eval.run_labels import run_title
     from tomeplug_eval.runner import run
 
     ensure_torchvision()
@@ -30,7 +32,7 @@ def main(cfg: DictConfig) -> None:
         gflops = (record.get("flops") or {}).get("gflops")
         cost = f", {gflops:.4g} GFLOPs" if gflops is not None else ""
         ms = 1000 * record["latency"]["encoder_s"]
-        title = f"{record['model']} / {record['strategy']} / {record['dataset']}"
+        title = run_title(record, ResultsFile(cfg.output_dir).records())  # names the parameters that vary
         print(f"[tomeplug] {title}: {metrics}{cost}, {ms:.1f} ms/img")
         print(f"[tomeplug] table: {cfg.output_dir}/results.md", flush=True)
 

@@ -3,10 +3,10 @@
 Runs ``eval/harness.py -m`` with SAM ViT-B (the official checkpoint if it is at
 ``checkpoints/sam_vit_b_01ec64.pth``, else random weights, said loudly and recorded as ``weights: random``)
 on the first two synthetic images and the real smoke photo (imgaug's quokka), ``none`` (the unmerged
-baseline) against every registered strategy at ``r=0.5``, then prints the markdown table. About 5 minutes
-on 2 idle CPU cores (21 timed encoder forwards at 1024x1024, ~12 s dense in fp32, and one FLOP trace per
-variant), longer on a busy machine; a second run finds every row finished and only prints the table
-(delete ``outputs/demo`` to recompute).
+baseline) against every registered strategy at ``r=0.5``, then prints the markdown table and its column
+legend. About 5 minutes on 2 idle CPU cores (21 timed encoder forwards at 1024x1024, ~12 s dense in fp32,
+and one FLOP trace per variant), longer on a busy machine; a second run finds every row finished and only
+prints the table (delete ``outputs/demo`` to recompute).
 
 The schedule is the paper's SAM ViT-L schedule ``[0, 4, 5, 10, 16, 17, 19, 20, 22, 23]`` scaled to the
 encoder's depth (block i -> floor(i * depth / 24), duplicates dropped): ``[0, 2, 5, 8, 9, 10, 11]`` on
@@ -26,10 +26,6 @@ import tomeplug
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness.py"
 STRATEGY_CONFIGS = HARNESS.parent / "conf" / "strategy"
-LEGEND = (
-    "mIoU, mBIoU, fid. IoU in %; fid. IoU and emb. cos against the unmerged model; FLOPs (ratio) and speedup "
-    "against `none`; ms/img: median encoder wall-clock; peak MB: the encoder's transient memory."
-)
 PAPER_SCHEDULE_VIT_L = (0, 4, 5, 10, 16, 17, 19, 20, 22, 23)
 
 
@@ -94,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         print("$ " + shlex.join(command), flush=True)  # pasteable into a shell as it stands
         subprocess.run(command, check=True)
     table = (Path(args.output_dir) / "results.md").read_text()
-    print(f"\n{table}\n{LEGEND}\nFull results: {args.output_dir}/results.jsonl, .csv, .png", flush=True)
+    print(f"\n{table}\nFull results: {args.output_dir}/results.jsonl, .csv, .png", flush=True)
     return table
 
 
