@@ -1,6 +1,6 @@
 """``make demo``: the evaluation harness on its built-in default, and the table it produces.
 
-Runs ``eval/harness.py -m`` with SAM ViT-B (the official checkpoint if it is at
+Runs the harness (``python -m tomeplug_eval.harness -m``, the ``tomeplug-eval`` console script) with SAM ViT-B (the official checkpoint if it is at
 ``checkpoints/sam_vit_b_01ec64.pth``, else random weights, said loudly and recorded as ``weights: random``)
 on the first two synthetic images and the real smoke photo (imgaug's quokka), ``none`` (the unmerged
 baseline) against every registered strategy at ``r=0.5``, then prints the markdown table and its column
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import tomeplug
 
-HARNESS = Path(__file__).resolve().parents[1] / "harness.py"
-STRATEGY_CONFIGS = HARNESS.parent / "conf" / "strategy"
+from .harness import CONF
+
+STRATEGY_CONFIGS = CONF / "strategy"
 PAPER_SCHEDULE_VIT_L = (0, 4, 5, 10, 16, 17, 19, 20, 22, 23)
 
 
@@ -57,7 +58,7 @@ def commands(args: argparse.Namespace) -> list[list[str]]:
         f"output_dir={args.output_dir}",
         *args.overrides,
     ]
-    return [[sys.executable, str(HARNESS), "-m", *sweep, *common] for sweep in sweeps(args.strategies)]
+    return [[sys.executable, "-m", "tomeplug_eval.harness", "-m", *sweep, *common] for sweep in sweeps(args.strategies)]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -65,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tomeplug_eval.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="sam_vit_b", help="a harness model (eval/conf/model/)")
+    parser.add_argument("--model", default="sam_vit_b", help="a harness model (tomeplug_eval/conf/model/)")
     parser.add_argument("--datasets", nargs="+", default=["synthetic", "smoke"])
     parser.add_argument("--limit", type=int, default=2, help="images per dataset")
     parser.add_argument("--strategies", nargs="+", help="default: every registered strategy")
