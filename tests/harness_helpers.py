@@ -16,7 +16,7 @@ from hydra.core.singleton import Singleton
 from tomeplug_eval import runner
 
 ROOT = Path(__file__).resolve().parents[1]
-HARNESS, CONF = ROOT / "eval" / "harness.py", ROOT / "eval" / "conf"
+HARNESS, CONF = ROOT / "eval" / "harness.py", ROOT / "eval" / "tomeplug_eval" / "conf"
 FAST = ["model=sam_tiny", "dataset=synthetic", "limit=3", "threads=1", "progress=false", "warmup=0"]
 VFAST = ["model=sam2_tiny", "dataset=synthetic_video", "threads=1", "progress=false", "warmup=0"]
 

@@ -255,7 +255,7 @@ def test_encoder_speed_documents_every_option_and_takes_the_harness_model_names(
     undocumented = [a.option_strings for a in parser._actions if not a.help]
     assert undocumented == []
     model = next(a for a in parser._actions if a.dest == "model")
-    harness_models = {p.stem for p in (REPO_ROOT / "eval" / "conf" / "model").glob("*.yaml")}
+    harness_models = {p.stem for p in (REPO_ROOT / "eval" / "tomeplug_eval" / "conf" / "model").glob("*.yaml")}
     assert set(model.choices) == harness_models
     assert parser.parse_args(["--model", "sam2.1_hiera_l"]).model == "sam2.1_hiera_l"
     assert parser.parse_args(["--model", "vit_b"]).model == "sam_vit_b"  # the harness's aliases too
