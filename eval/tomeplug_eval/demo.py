@@ -1,11 +1,12 @@
 """``make demo``: the evaluation harness on its built-in default, and the table it produces.
 
-Runs the harness (``python -m tomeplug_eval.harness -m``, the ``tomeplug-eval`` console script) with SAM ViT-B (the official checkpoint if it is at
-``checkpoints/sam_vit_b_01ec64.pth``, else random weights, said loudly and recorded as ``weights: random``)
-on the first two synthetic images and the real smoke photo (imgaug's quokka), ``none`` (the unmerged
-baseline) against every registered strategy at ``r=0.5``, then prints the markdown table and its column
-legend. About 5 minutes on 2 idle CPU cores (21 timed encoder forwards at 1024x1024, ~12 s dense in fp32,
-and one FLOP trace per variant), longer on a busy machine; a second run finds every row finished and only
+Runs the harness (``python -m tomeplug_eval.harness -m``, the ``tomeplug-eval`` console script) with SAM
+ViT-B (the official checkpoint if it is at ``checkpoints/sam_vit_b_01ec64.pth``, else random weights,
+said loudly and recorded as ``weights: random``) on the first two synthetic images and the real smoke
+photo (imgaug's quokka), ``none`` (the unmerged baseline) against every registered strategy at ``r=0.5``,
+then prints the markdown table and its column legend. About 5 minutes on 2 idle CPU cores (21 timed
+encoder forwards at 1024x1024, ~12 s dense in fp32, and one FLOP trace per variant), longer on a busy
+machine; a second run finds every row finished and only
 prints the table (delete ``outputs/demo`` to recompute).
 
 The schedule is the paper's SAM ViT-L schedule ``[0, 4, 5, 10, 16, 17, 19, 20, 22, 23]`` scaled to the
