@@ -28,9 +28,10 @@ def test_default_layers_scale_the_paper_schedule():
 
 def test_demo_sweeps_every_strategy_with_none_first():
     first, second = demo.commands(demo.parse_args(["--strategies", "tome", "pitome", "third_party"]))
-    assert first[2:4] == ["-m", "strategy=none,tome,pitome"] and "layers=[0,2,5,8,9,10,11]" in first
+    assert first[1:3] == ["-m", "tomeplug_eval.harness"]  # the installed harness, not a script in the checkout
+    assert first[3:5] == ["-m", "strategy=none,tome,pitome"] and "layers=[0,2,5,8,9,10,11]" in first
     assert {"model=sam_vit_b", "dataset=synthetic,smoke", "limit=2", "r=0.5"} <= set(first)
-    assert second[2:5] == ["-m", "strategy=plugin", "strategy.name=third_party"]
+    assert second[3:6] == ["-m", "strategy=plugin", "strategy.name=third_party"]
 
 
 def test_compare_interleaves_and_reports_medians_and_speedups(monkeypatch):

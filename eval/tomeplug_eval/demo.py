@@ -6,8 +6,8 @@ said loudly and recorded as ``weights: random``) on the first two synthetic imag
 photo (imgaug's quokka), ``none`` (the unmerged baseline) against every registered strategy at ``r=0.5``,
 then prints the markdown table and its column legend. About 5 minutes on 2 idle CPU cores (21 timed
 encoder forwards at 1024x1024, ~12 s dense in fp32, and one FLOP trace per variant), longer on a busy
-machine; a second run finds every row finished and only
-prints the table (delete ``outputs/demo`` to recompute).
+machine; a second run finds every row finished and only prints the table (delete ``outputs/demo`` to
+recompute).
 
 The schedule is the paper's SAM ViT-L schedule ``[0, 4, 5, 10, 16, 17, 19, 20, 22, 23]`` scaled to the
 encoder's depth (block i -> floor(i * depth / 24), duplicates dropped): ``[0, 2, 5, 8, 9, 10, 11]`` on
