@@ -19,14 +19,23 @@ def _randomise(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
-def tiny_sam_encoder(package: str = "segment_anything", img_size: int = 256, seed: int = 0) -> nn.Module:
-    """SAM ViT encoder: embed 64, 4 heads, depth 4, 16x16 grid, windows of 5 (padded) and 2 global blocks."""
+def tiny_sam_encoder(
+    package: str = "segment_anything",
+    img_size: int = 256,
+    seed: int = 0,
+    depth: int = 4,
+    global_attn_indexes: tuple[int, ...] = (1, 3),
+) -> nn.Module:
+    """SAM ViT encoder: embed 64, 4 heads, depth 4, 16x16 grid, windows of 5 (padded) and 2 global blocks.
+
+    ``depth`` and ``global_attn_indexes`` give an official size's block layout (ViT-L: 24, (5, 11, 17, 23)).
+    """
     module = __import__(f"{package}.modeling", fromlist=["ImageEncoderViT"])
     encoder = module.ImageEncoderViT(
         img_size=img_size,
         patch_size=16,
         embed_dim=64,
-        depth=4,
+        depth=depth,
         num_heads=4,
         mlp_ratio=4.0,
         out_chans=32,
@@ -35,7 +44,7 @@ def tiny_sam_encoder(package: str = "segment_anything", img_size: int = 256, see
         use_abs_pos=True,
         use_rel_pos=True,
         window_size=5,
-        global_attn_indexes=[1, 3],
+        global_attn_indexes=list(global_attn_indexes),
     )
     return _randomise(encoder, seed)
 
@@ -50,15 +59,16 @@ def deep_encoder(package: str = "segment_anything", img_size: int = 256, seed: i
     return _randomise(encoder, seed)
 
 
-def tiny_sam(package: str = "segment_anything", img_size: int = 256, seed: int = 0) -> nn.Module:
-    """A whole ``Sam`` (encoder above, official prompt encoder and mask decoder) at tiny sizes."""
+def tiny_sam(package: str = "segment_anything", img_size: int = 256, seed: int = 0, **layout) -> nn.Module:
+    """A whole ``Sam`` (encoder above, official prompt encoder and mask decoder) at tiny sizes; ``layout``:
+    the encoder's ``depth`` and ``global_attn_indexes``."""
     modeling = __import__(f"{package}.modeling", fromlist=["Sam"])
     embed = 32
     grid = img_size // 16
     decoder_cls = modeling.MaskDecoderHQ if package == "segment_anything_hq" else modeling.MaskDecoder
     decoder_kwargs = {"vit_dim": 64} if package == "segment_anything_hq" else {}
     sam = modeling.Sam(
-        image_encoder=tiny_sam_encoder(package, img_size, seed),
+        image_encoder=tiny_sam_encoder(package, img_size, seed, **layout),
         prompt_encoder=modeling.PromptEncoder(
             embed_dim=embed, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=8
         ),
