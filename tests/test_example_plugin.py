@@ -8,11 +8,11 @@ a user's ``pip install tomeplug-example-strategy`` would leave things.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import plugin_guide
 import pytest
 import torch
 from tiny_models import TINY_MODELS
@@ -44,15 +44,43 @@ def use_example_on_every_adapter() -> None:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """The example, installed by pip into a fresh folder (built from a copy, so the repo stays clean)."""
-    root = tmp_path_factory.mktemp("example")
-    source, target = root / "src", root / "site"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+def guide_package(tmp_path_factory) -> Path:
+    """The plugin package assembled from CONTRIBUTING's guide, file for file as the guide shows it."""
+    return plugin_guide.assemble(tmp_path_factory.mktemp("guide") / EXAMPLE.name)
+
+
+@pytest.fixture(scope="module")
+def site(guide_package, tmp_path_factory) -> Path:
+    """The guide's package installed by pip into a fresh folder (the guide's step 5; tomeplug is installed)."""
+    target = tmp_path_factory.mktemp("site")
     pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
-    done = subprocess.run([*pip, "--target", str(target), str(source)], capture_output=True, text=True)
+    done = subprocess.run([*pip, "--target", str(target), str(guide_package)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     return target
+
+
+def test_the_guide_is_the_example_file_for_file():
+    """What the guide shows is exactly the example package (which adds only its README)."""
+    shown = plugin_guide.guide_files()
+    skip = {"__pycache__", "build", ".pytest_cache"}
+    files = {
+        str(p.relative_to(EXAMPLE))
+        for p in EXAMPLE.rglob("*")
+        if p.is_file() and not skip & set(p.parts) and not any(part.endswith(".egg-info") for part in p.parts)
+    }
+    assert set(shown) == files - {"README.md"}
+    for path, text in shown.items():
+        assert text == (EXAMPLE / path).read_text(), f"CONTRIBUTING shows {path} differently from the example"
+
+
+def test_the_guides_own_tests_pass_once_installed(site, guide_package):
+    """Step 5 as written: after installing, `python -m pytest tests` in the package passes."""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD", None)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=guide_package)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1].startswith("2 passed")
 
 
 def run_with_example(site: Path, *args: str) -> subprocess.CompletedProcess:
