@@ -38,10 +38,10 @@ COSTS = (
 VARIES = "varies"
 """The markdown column of each row's :func:`.run_labels.labels` (shown when a parameter varies)."""
 LEGEND = {
-    "model": "the model (`eval/conf/model/`)",
+    "model": "the model (`tomeplug_eval/conf/model/`)",
     "weights": "`checkpoint` (official weights) or `random` (accuracy meaningless; FLOPs, fidelity, time and "
     "memory real)",
-    "dataset": "the dataset (`eval/conf/dataset/`)",
+    "dataset": "the dataset (`tomeplug_eval/conf/dataset/`)",
     "strategy": "the merge algorithm; `none` is the unmerged baseline the ratios are taken against",
     "schedule": "the blocks that merge: `all`, `[0, 2, 5]`, or `{block: strategy}` for `mix`; `-` for none",
     VARIES: "the parameters that differ between rows of one model, weights and dataset, as `name=value`: "
