@@ -27,6 +27,7 @@ import importlib
 import io
 import itertools
 import logging
+import os
 import re
 import runpy
 import shlex
@@ -346,9 +347,9 @@ def sweep_jobs(args: Sequence[str]) -> list[list[str]]:
 
 def make_recipe(target: str) -> list[str]:
     """The command ``make TARGET`` runs once ``.venv`` is installed (``make -n``)."""
-    done = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", target], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
+    command = ["make", "-n", "--no-print-directory", "-o", ".venv/.installed", target]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     (line,) = [line for line in done.stdout.splitlines() if line.strip()]
     return shlex.split(line)
 
