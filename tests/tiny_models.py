@@ -145,6 +145,22 @@ def tiny_samvit(rope: bool = False) -> nn.Module:
     return _randomise(model, 0)
 
 
+def tiny_sam3_vit(seed: int = 0, depth: int = 5, global_att_blocks: tuple[int, ...] = (2, 4), **fields) -> nn.Module:
+    """sam3's ViT as SAM 3 builds it (patch 14, RoPE interpolated from the window, tiled abs-pos, ln_pre, no
+    patch-embed bias) at tiny sizes: embed 64, 4 heads, 140 px (a 10x10 grid), 4x4 windows (padded to
+    12x12), global blocks 2 and 4 (windowed runs (0, 1) and (3,)), LayerScale, relative positions in
+    block 1. ``fields`` override the constructor's arguments (SAM 3: 32 blocks, global 7, 15, 23, 31)."""
+    from sam3.model.vitdet import ViT
+
+    options = dict(
+        img_size=140, pretrain_img_size=56, patch_size=14, embed_dim=64, depth=depth, num_heads=4, mlp_ratio=4.625,
+        use_abs_pos=True, tile_abs_pos=True, global_att_blocks=global_att_blocks, rel_pos_blocks=(1,), use_rope=True,
+        use_interp_rope=True, window_size=4, retain_cls_token=False, ln_pre=True, bias_patch_embed=False,
+        init_values=0.5,
+    )  # fmt: skip
+    return _randomise(ViT(**{**options, **fields}), seed)
+
+
 class TinyModel(NamedTuple):
     """How to build a tiny model for an adapter and feed it."""
 
@@ -175,4 +191,5 @@ TINY_MODELS = {
     "sam2_hiera": TinyModel("tiny_models:tiny_sam2", {}, "image_encoder", (1, 3, 128, 128)),
     "timm_vit": TinyModel("tiny_models:tiny_vit", {}, None, (1, 3, 64, 64)),
     "timm_samvit": TinyModel("tiny_models:tiny_samvit", {}, None, (1, 3, 64, 64)),
+    "sam3_vit": TinyModel("tiny_models:tiny_sam3_vit", {}, None, (1, 3, 140, 140)),
 }
