@@ -161,6 +161,53 @@ def tiny_sam3_vit(seed: int = 0, depth: int = 5, global_att_blocks: tuple[int, .
     return _randomise(ViT(**{**options, **fields}), seed)
 
 
+def tiny_sam3_image(**vit_fields) -> nn.Module:
+    """A whole SAM 3 image model from sam3's own ``build_sam3_image_model`` (random weights, no download),
+    with the tiny ViT above (140 px; ``vit_fields`` override it) and a one-layer text encoder over a
+    byte-level vocabulary (sam3's wheel ships no BPE merges file), random weights; every other part at the
+    builder's sizes and initialisation.
+
+    Two builder steps that put tensors on CUDA are kept on the CPU: the sine position encoding's cache
+    precomputed for 1008 px, and the decoder's coordinate cache. A ``Sam3Processor`` for it takes
+    ``resolution=140``; on a machine without an accelerator its box encoding needs ``Tensor.pin_memory``
+    to be a no-op.
+    """
+    import gzip
+    import tempfile
+    from pathlib import Path
+    from unittest import mock
+
+    import sam3.model_builder as builder
+    from sam3.model.decoder import TransformerDecoder
+    from sam3.model.position_encoding import PositionEmbeddingSine
+    from sam3.model.text_encoder_ve import VETextEncoder
+    from sam3.model.tokenizer_ve import SimpleTokenizer
+
+    bpe = Path(tempfile.gettempdir()) / "tomeplug_tiny_bpe.txt.gz"
+    bpe.write_bytes(gzip.compress(b"#version: byte-level only, no merges\n"))
+
+    def text_encoder(bpe_path: str) -> nn.Module:
+        tokenizer = SimpleTokenizer(bpe_path=bpe_path)
+        encoder = VETextEncoder(
+            tokenizer=tokenizer, d_model=256, width=64, heads=2, layers=1, vocab_size=tokenizer.vocab_size
+        )
+        return _randomise(encoder, 1)  # its embeddings are left uninitialised (torch.empty) until a checkpoint loads
+
+    position_init, coords = PositionEmbeddingSine.__init__, TransformerDecoder._get_coords
+
+    def position_on_cpu(self, *args, precompute_resolution=None, **kwargs):
+        position_init(self, *args, precompute_resolution=None, **kwargs)
+
+    with (
+        mock.patch.object(builder, "_create_vit_backbone", lambda compile_mode=None: tiny_sam3_vit(**vit_fields)),
+        mock.patch.object(builder, "_create_text_encoder", text_encoder),
+        mock.patch.object(PositionEmbeddingSine, "__init__", position_on_cpu),
+        mock.patch.object(TransformerDecoder, "_get_coords", staticmethod(lambda h, w, device: coords(h, w, "cpu"))),
+    ):
+        torch.manual_seed(0)  # the builder's own random initialisation
+        return builder.build_sam3_image_model(bpe_path=str(bpe), device="cpu", load_from_HF=False).eval()
+
+
 class TinyModel(NamedTuple):
     """How to build a tiny model for an adapter and feed it."""
 

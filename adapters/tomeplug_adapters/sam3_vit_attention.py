@@ -60,7 +60,9 @@ class MergedRope(NamedTuple):
     positions: MergedPositions
 
 
-def merged_rope(attn: nn.Module, plan: MergePlan, grid: tuple[int, int], prop_attn: bool, dtype: torch.dtype) -> MergedRope:
+def merged_rope(
+    attn: nn.Module, plan: MergePlan, grid: tuple[int, int], prop_attn: bool, dtype: torch.dtype
+) -> MergedRope:
     """The positional terms of a plan's merged tokens for sam3 ``Attention`` ``attn`` over an (h, w) call."""
     if attn.use_rope and attn.freqs_cis.shape[0] != grid[0] * grid[1]:
         raise ValueError(
@@ -83,7 +85,9 @@ def attend(attn: nn.Module, merged: Tensor, context: MergedRope) -> Tensor:
     return attn.proj(out.transpose(1, 2).reshape(b, m, c))  # per-token linear: exact before an unmerge
 
 
-def merged_attention(attn: nn.Module, tokens: Tensor, plan: MergePlan, grid: tuple[int, int], prop_attn: bool) -> Tensor:
+def merged_attention(
+    attn: nn.Module, tokens: Tensor, plan: MergePlan, grid: tuple[int, int], prop_attn: bool
+) -> Tensor:
     """sam3's attention over merged tokens: (B', N, C) -> (B', N, C), projection before the unmerge."""
     context = merged_rope(attn, plan, grid, prop_attn, tokens.dtype)
     return plan.unmerge(attend(attn, plan.merge(tokens), context))
@@ -96,4 +100,3 @@ class MergingSam3Attention(MergingSamAttention):
     """
 
     merged_attention = staticmethod(merged_attention)
-
