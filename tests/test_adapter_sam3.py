@@ -82,7 +82,8 @@ def test_rope_at_kept_rotates_each_token_by_its_kept_cell(block):
                 torch.testing.assert_close(k_rot[b, h, j], rotate_one(k[b, h, j], angles), atol=1e-5, rtol=1e-5)
     everyone = torch.arange(n).expand(3, n)  # all tokens kept in order: upstream's rotation, bit for bit
     q, k = torch.randn(2, 3, 2, n, 16, generator=generator)
-    assert all(torch.equal(a, b) for a, b in zip(rope_at_kept(q, k, freqs, everyone), apply_rotary_enc(q, k, freqs)))
+    ours, upstream = rope_at_kept(q, k, freqs, everyone), apply_rotary_enc(q, k, freqs)
+    assert torch.equal(ours[0], upstream[0]) and torch.equal(ours[1], upstream[1])
 
 
 @pytest.mark.parametrize("scope", SCOPES)
@@ -181,3 +182,29 @@ def test_identity_plan_through_the_image_model_matches_upstream():
         torch.testing.assert_close(
             model.backbone.forward_image(image)["vision_features"], reference, atol=1e-5, rtol=1e-5
         )
+
+
+def test_point_and_box_prompts_through_predict_inst_on_a_patched_model():
+    """SAM 3's SAM 1 task (``predict_inst``: point and box prompts) on the patched ViT's features."""
+    import numpy as np
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    model = tiny_sam3_image(inst_interactive=True)
+    processor = Sam3Processor(model, resolution=140, device="cpu")
+    picture = torch.rand(3, 150, 120, generator=torch.Generator().manual_seed(2))
+    prompts = dict(point_coords=np.array([[60, 70]]), point_labels=np.array([1]), multimask_output=True)
+
+    def predict():
+        return model.predict_inst(processor.set_image(picture), **prompts)
+
+    _, _, reference = predict()
+    with tomeplug.patch(model, "tome", r=0.0, scope="span"):
+        assert np.array_equal(predict()[2], reference)
+    with tomeplug.patch(model, "tome", r=0.5, scope="span"):
+        masks, scores, logits = predict()
+        assert masks.shape == (3, 150, 120) and scores.shape == (3,) and np.isfinite(logits).all()
+        assert not np.allclose(logits, reference)
+        box_masks, _, _ = model.predict_inst(
+            processor.set_image(picture), box=np.array([10, 10, 100, 120]), multimask_output=False
+        )
+        assert box_masks.shape == (1, 150, 120)

@@ -161,11 +161,12 @@ def tiny_sam3_vit(seed: int = 0, depth: int = 5, global_att_blocks: tuple[int, .
     return _randomise(ViT(**{**options, **fields}), seed)
 
 
-def tiny_sam3_image(**vit_fields) -> nn.Module:
+def tiny_sam3_image(inst_interactive: bool = False, **vit_fields) -> nn.Module:
     """A whole SAM 3 image model from sam3's own ``build_sam3_image_model`` (random weights, no download),
     with the tiny ViT above (140 px; ``vit_fields`` override it) and a one-layer text encoder over a
     byte-level vocabulary (sam3's wheel ships no BPE merges file), random weights; every other part at the
-    builder's sizes and initialisation.
+    builder's sizes and initialisation. ``inst_interactive``: with the SAM 1 task predictor (point and box
+    prompts through ``model.predict_inst``), its tracker built for 140 px instead of 1008.
 
     Two builder steps that put tensors on CUDA are kept on the CPU: the sine position encoding's cache
     precomputed for 1008 px, and the decoder's coordinate cache. A ``Sam3Processor`` for it takes
@@ -180,6 +181,7 @@ def tiny_sam3_image(**vit_fields) -> nn.Module:
     import sam3.model_builder as builder
     from sam3.model.decoder import TransformerDecoder
     from sam3.model.position_encoding import PositionEmbeddingSine
+    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
     from sam3.model.text_encoder_ve import VETextEncoder
     from sam3.model.tokenizer_ve import SimpleTokenizer
 
@@ -194,6 +196,10 @@ def tiny_sam3_image(**vit_fields) -> nn.Module:
         return _randomise(encoder, 1)  # its embeddings are left uninitialised (torch.empty) until a checkpoint loads
 
     position_init, coords = PositionEmbeddingSine.__init__, TransformerDecoder._get_coords
+    tracker_init = Sam3TrackerPredictor.__init__
+
+    def tracker_at_140(self, *args, **kwargs):
+        tracker_init(self, *args, **{**kwargs, "image_size": 140})
 
     def position_on_cpu(self, *args, precompute_resolution=None, **kwargs):
         position_init(self, *args, precompute_resolution=None, **kwargs)
@@ -203,9 +209,15 @@ def tiny_sam3_image(**vit_fields) -> nn.Module:
         mock.patch.object(builder, "_create_text_encoder", text_encoder),
         mock.patch.object(PositionEmbeddingSine, "__init__", position_on_cpu),
         mock.patch.object(TransformerDecoder, "_get_coords", staticmethod(lambda h, w, device: coords(h, w, "cpu"))),
+        mock.patch.object(Sam3TrackerPredictor, "__init__", tracker_at_140),
     ):
         torch.manual_seed(0)  # the builder's own random initialisation
-        return builder.build_sam3_image_model(bpe_path=str(bpe), device="cpu", load_from_HF=False).eval()
+        model = builder.build_sam3_image_model(
+            bpe_path=str(bpe), device="cpu", load_from_HF=False, enable_inst_interactivity=inst_interactive
+        )
+    if inst_interactive:
+        model.inst_interactive_predictor._bb_feat_sizes = [(40, 40), (20, 20), (10, 10)]  # strides 3.5, 7, 14
+    return model.eval()
 
 
 class TinyModel(NamedTuple):
