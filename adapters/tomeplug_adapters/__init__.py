@@ -7,6 +7,7 @@ from tomeplug.hookspecs import hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
+    from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
     from tomeplug_adapters.timm_samvit import TimmSamViTAdapter
     from tomeplug_adapters.timm_vit import TimmViTAdapter
@@ -14,5 +15,6 @@ def tomeplug_register_adapters(register):
     register(SamViTAdapter())
     register(HQSamViTAdapter())
     register(Sam2HieraAdapter())
+    register(Sam3ViTAdapter())
     register(TimmViTAdapter())
     register(TimmSamViTAdapter())

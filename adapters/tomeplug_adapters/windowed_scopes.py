@@ -78,6 +78,10 @@ class MergingWindowedBlock(nn.Module):
         """A branch's output before it is added to the residual stream (e.g. stochastic depth)."""
         return delta
 
+    def merged_mlp(self, tokens: Tensor) -> Tensor:
+        """The block's MLP branch on merged tokens (B', M, C) -> (B', M, C): ``mlp(norm2(tokens))``."""
+        return self.mlp(self.norm2(tokens))
+
     def merges(self, x: Tensor) -> bool:
         """Whether this block merges any token of input ``x`` (B, H, W, C)."""
         n = self.window_size**2 if self.window_size else x.shape[1] * x.shape[2]
@@ -111,7 +115,7 @@ def run_merged(blocks: Sequence[MergingWindowedBlock], x: Tensor) -> Tensor:
     for block in blocks:
         attn_in = block.norm1(out) if real_slots is None else block.norm1(out) * real_slots
         out = out + block.residual(block.merged_attend(attn_in, context))
-        out = out + block.residual(block.mlp(block.norm2(out)))  # on merged tokens, all-padding slots included
+        out = out + block.residual(block.merged_mlp(out))  # on merged tokens, all-padding slots included
     return unpartition(tokens + plan.unmerge(out - merged), size, (h, w))
 
 
