@@ -8,9 +8,9 @@ prompts, and embedding cosine), then searches:
 - ``search="greedy"`` (default): the convex-hull greedy of a multiple-choice knapsack. Each step adds the
   block, or upgrades a chosen block to a candidate saving more, with the least fidelity loss per FLOP saved
   (both measured for that candidate alone); the combined schedule is re-measured after every step, and the
-  search stops at the first one whose measurement meets the target. It then drops any chosen block whose
-  removal keeps the target met and lowers the measured loss. Measurements: one per candidate, plus about
-  two per step.
+  search stops at the first one whose measurement meets the target. Then, per chosen block, it drops the
+  block or swaps in a candidate of it saving less where that keeps the target met and lowers the measured
+  loss. Measurements: one per candidate, one per step, and one per refinement option.
 - ``search="exhaustive"``: every assignment of at most one candidate per block (up to ``max_schedules``),
   each measured; the least measured loss among those meeting the target. FLOPs targets only.
 
@@ -49,7 +49,7 @@ from .tune_report import TuneReport, setting_label
 
 DEFAULT_R = (0.25, 0.5)
 DEFAULT_SCOPES = ("attn",)
-GREEDY_OBJECTIVE = "greedy least fidelity loss per FLOP saved, each step re-measured; then pruned"
+GREEDY_OBJECTIVE = "greedy least fidelity loss per FLOP saved, each step re-measured; then refined"
 EXHAUSTIVE_OBJECTIVE = "least measured fidelity loss over every schedule of the candidates"
 
 
@@ -183,19 +183,29 @@ class Search:
             if met:
                 break
         bar.close()
-        return self.prune(chosen, measured)
+        return self.refine(pool, chosen, measured)
 
-    def prune(self, chosen: dict[int, Candidate], measured: Measurement) -> dict[int, Candidate]:
-        """Drop chosen blocks (most lossy alone first) while the target stays met and the loss falls."""
-        for block in sorted(chosen, key=lambda b: -self.measurer.measure({b: chosen[b].setting}).loss):
-            if len(chosen) == 1:
-                break
-            trial = {b: c for b, c in chosen.items() if b != block}
-            schedule = schedule_of(trial)
-            found = self.measurer.measure(schedule)
-            if found.loss < measured.loss and self.meets(schedule, found):
-                chosen, measured = trial, found
-                self.record(f"drop {block}", schedule, found)
+    def refine(
+        self, pool: list[Candidate], chosen: dict[int, Candidate], measured: Measurement
+    ) -> dict[int, Candidate]:
+        """Per chosen block (most lossy alone first): drop it, or swap in a candidate of it saving less, if
+        that keeps the target met and lowers the measured loss (the best such change)."""
+        alone = {c: self.measurer.measure({c.block: c.setting}) for c in pool}
+        for block in sorted(chosen, key=lambda b: -alone[chosen[b]].loss):
+            saved = alone[chosen[block]].flops_ratio
+            options = [None] + [c for c in pool if c.block == block and alone[c].flops_ratio > saved]
+            best = None
+            for option in options:
+                trial = {b: c for b, c in chosen.items() if b != block} | ({} if option is None else {block: option})
+                if not trial:
+                    continue
+                found = self.measurer.measure(schedule_of(trial))
+                if found.loss < (measured if best is None else best[1]).loss and self.meets(schedule_of(trial), found):
+                    best = (trial, found, option)
+            if best is not None:
+                chosen, measured, option = best
+                change = f"drop {block}" if option is None else f"swap {option.label}"
+                self.record(change, schedule_of(chosen), measured)
         return chosen
 
     def exhaustive(self, pool: list[Candidate], max_schedules: int) -> dict[int, Candidate]:
@@ -288,6 +298,8 @@ def tune(
     Raises:
         TargetUnreachableError: no schedule of the candidates meets the target.
     """
+    if tomeplug.active_patch(model) is not None:
+        raise ValueError("tune needs the unpatched model: call tomeplug.unpatch(model) first")
     target = Target.parse(target)
     if search not in ("greedy", "exhaustive"):
         raise ValueError(f"search={search!r}: choose 'greedy' or 'exhaustive'")
