@@ -22,10 +22,17 @@ from tomeplug_eval.schedule_file import ScheduleFileError, read_schedule, write_
 from tomeplug_eval.tune import Target, TargetUnreachableError
 from tomeplug_eval.tune_measure import Measurer
 
+
+def seeded(build, seed: int = 0):
+    """``build()`` after seeding torch: SAM's prompt encoder draws a buffer (not a parameter) at construction."""
+    torch.manual_seed(seed)
+    return build()
+
+
 MODELS = {
-    "sam": lambda: tiny_sam(),
-    "hq_sam": lambda: tiny_sam("segment_anything_hq"),
-    "sam2": lambda: tiny_sam2(),
+    "sam": lambda: seeded(tiny_sam),
+    "hq_sam": lambda: seeded(lambda: tiny_sam("segment_anything_hq")),
+    "sam2": lambda: seeded(tiny_sam2),
 }
 
 
@@ -65,7 +72,7 @@ def test_meets_the_flops_target_and_patches_as_returned(family):
 
 def test_fidelity_matches_an_independent_computation():
     """The report's embedding cosine is what the encoder's outputs give, computed here without the probe."""
-    model, calibration = tiny_sam(), images(2)
+    model, calibration = seeded(tiny_sam), images(2)
     schedule, report = tune(model, calibration, "flops=0.9", r=[0.5], blocks=[0, 1])
     batch = [model.preprocess(torch.tensor(np.asarray(_resize(i))).permute(2, 0, 1)[None].float()) for i in calibration]
     with torch.no_grad():
@@ -83,14 +90,16 @@ def _resize(image: np.ndarray) -> np.ndarray:
 
 
 TARGETS = (0.97, 0.95, 0.92, 0.9, 0.87, 0.85, 0.82, 0.8, 0.77, 0.75)
-GREEDY_BOUND = 1.3
-"""Greedy's measured fidelity loss is at most this multiple of the exhaustive optimum's on every target
-(observed on the tiny SAM: at most 1.27x, equal on 7 of the 10 targets)."""
+GREEDY_BOUND = 1.5
+"""Greedy's measured fidelity loss is at most this multiple of the exhaustive optimum's on every target.
+Observed on tiny SAMs: equal on all 50 cases of seeds 0-4 x TARGETS; with the prompt encoder's buffer drawn
+from an unseeded generator, up to 1.44x on some targets."""
 
 
-def test_greedy_is_close_to_exhaustive(tmp_path):
+@pytest.mark.parametrize("seed", [0, 3])
+def test_greedy_is_close_to_exhaustive(tmp_path, seed):
     """Tiny SAM, 4 blocks x r in {0.25, 0.5}: 80 schedules, every one measured by the exhaustive search."""
-    model, calibration = tiny_sam(), images(1)
+    model, calibration = seeded(lambda: tiny_sam(seed=seed), seed), images(1)
     equal = 0
     for flops in TARGETS:
         greedy, g = tune(model, calibration, {"flops": flops}, cache_dir=tmp_path)
@@ -102,7 +111,7 @@ def test_greedy_is_close_to_exhaustive(tmp_path):
         measured = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
         assert len(measured) == 80
         assert e.final.loss == min(m["loss"] for m in measured if m["flops_ratio"] <= flops)
-    assert equal >= 6
+    assert equal >= 8
 
 
 def test_speedup_target_stops_at_the_first_step_that_meets_it(monkeypatch):
@@ -114,7 +123,7 @@ def test_speedup_target_stops_at_the_first_step_that_meets_it(monkeypatch):
         return 1.0 / self.measure(schedule).flops_ratio
 
     monkeypatch.setattr(Measurer, "speedup", fake_speedup)
-    schedule, report = tune(tiny_sam(), images(1), {"speedup": 1.15}, r=[0.5])
+    schedule, report = tune(seeded(tiny_sam), images(1), {"speedup": 1.15}, r=[0.5])
     assert report.speedup == pytest.approx(1 / report.final.flops_ratio) and report.speedup >= 1.15
     greedy = [s for s in report.steps if s["change"].startswith(("add", "upgrade"))]
     assert all(s["speedup"] < 1.15 for s in greedy[:-1]) and greedy[-1]["speedup"] >= 1.15
@@ -123,7 +132,7 @@ def test_speedup_target_stops_at_the_first_step_that_meets_it(monkeypatch):
 
 
 def test_resumes_from_its_cache(tmp_path):
-    model, calibration = tiny_sam(), images(1)
+    model, calibration = seeded(tiny_sam), images(1)
     first, a = tune(model, calibration, "flops=0.85", cache_dir=tmp_path)
     second, b = tune(model, calibration, "flops=0.85", cache_dir=tmp_path)
     assert a.computed > 0 and b.computed == 0
@@ -141,7 +150,7 @@ def test_any_adapter_embedding_cosine_only():
 
 
 def test_validation_on_held_out_images_and_plot(tmp_path):
-    schedule, report = tune(tiny_sam(), images(1), "flops=0.9", r=[0.5], validation_images=images(2, seed=1))
+    schedule, report = tune(seeded(tiny_sam), images(1), "flops=0.9", r=[0.5], validation_images=images(2, seed=1))
     assert report.validation is not None and report.validation.flops_ratio == report.final.flops_ratio
     assert report.validation.emb_cos != report.final.emb_cos  # other images
     assert "held-out images" in report.to_markdown()
@@ -150,7 +159,7 @@ def test_validation_on_held_out_images_and_plot(tmp_path):
 
 
 def test_errors_name_the_problem():
-    model = tiny_sam()
+    model = seeded(tiny_sam)
     with pytest.raises(TargetUnreachableError, match="no schedule of the candidates meets the target"):
         tune(model, images(1), "flops=0.3", r=[0.25])
     with pytest.raises(ValueError, match="flops=FRACTION or speedup=FACTOR"):

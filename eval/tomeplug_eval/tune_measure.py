@@ -9,6 +9,12 @@ Measurements of FLOPs and fidelity are deterministic for a given model, images a
 are cached: in memory, and in ``cache_dir`` when one is given (one JSON file per schedule, keyed by the
 model's weights, the probe's images and prompts, the schedule and the merging code), which makes an
 interrupted search resume where it stopped. Times are never cached: they belong to the moment.
+
+FLOPs are counted with fvcore (:mod:`.flops`), by tracing the patched encoder once per single-block
+schedule. At scopes ``attn`` and ``block`` a merged block unmerges before the next one, so each block's
+FLOPs depend on its own setting only, and a schedule's FLOPs are the dense count less each of its blocks'
+savings counted alone (exact integers; ``tests/test_tune.py`` checks it against a trace of the whole
+schedule). A schedule with ``span`` blocks, which keep tokens merged across blocks, is traced whole.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from .run_spec import digest
 from .speed_check import interleaved_speed
 from .tune_probe import Probe, ProbeOutput
 
+INDEPENDENT_SCOPES = ("attn", "block")
+"""Scopes at which a merged block hands the next block as many tokens as it got: blocks' FLOPs add up."""
 Schedule = dict[int, dict[str, Any]]
 """``{block: {"strategy": name, **params}}``: what ``tomeplug.patch(model, layers=schedule)`` takes."""
 
@@ -105,7 +113,7 @@ class Measurer:
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self._memory: dict[str, Measurement] = {}
         self._reference: list[ProbeOutput] | None = None
-        self._dense_gflops: float | None = None
+        self._flops_cache: dict[str, int] = {}
         self._identity: dict[str, Any] | None = None
         self.computed = 0
         """How many measurements were computed (not found in a cache): a resumed search computes fewer."""
@@ -128,9 +136,22 @@ class Measurer:
 
     def dense_gflops(self) -> float:
         """The unmerged encoder's GFLOPs per image."""
-        if self._dense_gflops is None:
-            self._dense_gflops = count_flops(self.probe.encoder, self.probe.flops_input()).gflops
-        return self._dense_gflops
+        return self._flops({}) / 1e9
+
+    def _flops(self, schedule: Schedule) -> int:
+        """The encoder's multiply-adds per image under ``schedule`` (see the module docstring)."""
+        key = json.dumps(schedule_key(schedule), sort_keys=True)
+        if key not in self._flops_cache:
+            if len(schedule) > 1 and all(s.get("scope", "attn") in INDEPENDENT_SCOPES for s in schedule.values()):
+                dense = self._flops({})
+                saved = [dense - self._flops({block: setting}) for block, setting in schedule.items()]
+                self._flops_cache[key] = dense - sum(saved)
+            elif schedule:
+                with tomeplug.patch(self.model, None, layers=schedule):
+                    self._flops_cache[key] = count_flops(self.probe.encoder, self.probe.flops_input()).total
+            else:
+                self._flops_cache[key] = count_flops(self.probe.encoder, self.probe.flops_input()).total
+        return self._flops_cache[key]
 
     def measure(self, schedule: Schedule) -> Measurement:
         """FLOPs and fidelity of ``schedule`` (empty: the unmerged model), from a cache when there."""
@@ -154,11 +175,10 @@ class Measurer:
         return found
 
     def _compute(self, schedule: Schedule) -> Measurement:
-        reference, dense = self.reference(), self.dense_gflops()
+        reference, flops, dense = self.reference(), self._flops(schedule), self._flops({})
         with tomeplug.patch(self.model, None, layers=schedule):
-            gflops = count_flops(self.probe.encoder, self.probe.flops_input()).gflops
             emb_cos, iou = compare_outputs(self.probe.run(), reference)
-        return Measurement(gflops, gflops / dense, emb_cos, iou)
+        return Measurement(flops / 1e9, flops / dense, emb_cos, iou)
 
     def speedup(self, schedule: Schedule, rounds: int = 3) -> float:
         """The encoder's measured speedup under ``schedule`` (dense / patched median, interleaved rounds)."""
