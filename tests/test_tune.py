@@ -227,3 +227,12 @@ def test_command_line_help():
     )
     assert done.returncode == 0 and "--target" in done.stdout and "flops=FRACTION" in done.stdout
     assert "RuntimeWarning" not in done.stderr
+
+
+def test_span_scope_is_counted_whole():
+    """Span blocks keep tokens merged across blocks, so their FLOPs do not add up: the schedule is traced whole."""
+    model = seeded(tiny_sam)
+    schedule, report = tune(model, images(1), "flops=0.85", r=[0.25, 0.5], scopes=["span"])
+    assert report.final.flops_ratio <= 0.85 and len(report.rows) == 4 * 2
+    assert len(schedule) >= 2 and {s["scope"] for s in schedule.values()} == {"span"}
+    assert flops_ratio(model, schedule, 256) == pytest.approx(report.final.flops_ratio, rel=1e-9)
