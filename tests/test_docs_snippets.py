@@ -62,6 +62,7 @@ from tomeplug_eval.architectures import SAM2_POSTPROCESSING, instantiate_sam2, s
 from tomeplug_eval.data import smoke_dataset
 from tomeplug_eval.model_catalog import MODELS, build_model, default_checkpoint
 from tomeplug_eval.results import ResultsFile
+from tomeplug_eval.schedule_file import read_schedule
 
 ensure_torchvision()  # as tests/conftest.py: the snippets import segment_anything and sam2
 
@@ -462,6 +463,9 @@ PRELUDES: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
         "image": np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8),  # an RGB photo
         "box": np.array([8, 6, 44, 34]),  # x0, y0, x1, y1 inside it
     },
+    ("README.md", "from tomeplug_eval import tune"): lambda: {
+        "images": [np.random.default_rng(i).integers(0, 256, (48, 64, 3), dtype=np.uint8) for i in range(2)],
+    },
 }
 """Inputs a snippet uses but does not define, per block (file, marker)."""
 
@@ -525,6 +529,58 @@ def test_sam2_snippet(tmp_path, monkeypatch):
     predictor.set_image(image)
     masks, _, _ = predictor.predict(box=np.array([8, 6, 44, 34]), multimask_output=False)
     assert masks.shape == (1, 48, 64)
+
+
+@covers("README.md", "from tomeplug_eval import tune")
+def test_tune_snippet(tmp_path, monkeypatch):
+    """The tune snippet as written, on a tiny ViT-B-shaped SAM loaded from `sam_vit_b_01ec64.pth`."""
+    from segment_anything import build_sam_vit_b
+
+    source = block("README.md", "from tomeplug_eval import tune")
+    checkpoint = re.search(r'checkpoint="([^"]+)"', source.text)[1]
+    monkeypatch.chdir(tmp_path)
+    with tiny_official_models():
+        state = write_checkpoint(tmp_path / checkpoint, build_sam_vit_b())
+        ns = run_python(source, PRELUDES[("README.md", "from tomeplug_eval import tune")]())
+    sam, schedule, report = ns["sam"], ns["schedule"], ns["report"]
+    assert same_weights(sam, state) and report.final.flops_ratio <= 0.8
+    assert {s["r"] for s in schedule.values()} <= {0.25, 0.5} and len(report.rows) == 12 * 2  # ViT-B: 12 blocks
+    handle = tomeplug.active_patch(sam)
+    assert handle is not None and list(handle.schedule) == list(schedule)
+    assert (tmp_path / "tune.png").is_file() and any((tmp_path / "tune-cache").glob("*.json"))
+
+
+TUNE_APPENDED = ("--no-progress",)
+"""Appended to README's tune command (no progress bars); it runs in this process (``tomeplug_eval.tune.main``)
+from a temporary working directory holding the official checkpoint (tiny) and a folder of generated images."""
+
+
+@covers("README.md", "python -m tomeplug_eval.tune --model")
+def test_tune_commands(tmp_path, monkeypatch):
+    """README's tune command, then the harness on the schedule file it wrote (HARNESS_HOW)."""
+    import tomeplug_eval.tune
+
+    tune_command, harness_command = shell_commands(block("README.md", "python -m tomeplug_eval.tune --model").text)
+    words = shlex.split(tune_command)
+    assert words[:3] == ["python", "-m", "tomeplug_eval.tune"]
+    option = dict(zip(words[3::2], words[4::2], strict=True))
+    folder = tmp_path / option["--images"]
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(int(option["--limit"]) + int(option["--holdout"])):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    monkeypatch.chdir(tmp_path)
+    with tiny_official_models():
+        write_checkpoint(tmp_path / "checkpoints" / MODELS["sam_vit_b"].checkpoint, build_model("sam_vit_b"))
+        report = tomeplug_eval.tune.main([*words[3:], *TUNE_APPENDED])
+        write_hqsam_layout(tmp_path / "data")
+        args, found = run_readme_command(harness_command, tmp_path, monkeypatch, data_root=tmp_path / "data")
+    schedule = read_schedule(tmp_path / option["--out"])
+    assert schedule == report.schedule and report.final.flops_ratio <= 0.8 and report.validation is not None
+    assert (tmp_path / option["--out"]).with_suffix(".md").read_text() == report.to_markdown()
+    assert {r["weights"] for r in found} == {"checkpoint"} and {r["strategy"] for r in found} == {"none", "mix"}
+    (mixed,) = [r for r in found if r["strategy"] == "mix"]
+    assert {int(b): s["r"] for b, s in mixed["blocks"]["layers"].items()} == {b: s["r"] for b, s in schedule.items()}
 
 
 def validate_torchrun(command: str) -> None:

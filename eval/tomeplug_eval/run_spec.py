@@ -33,6 +33,7 @@ import tomeplug
 
 from . import code_identity
 from .model_catalog import canonical_name, require_checkpoint, resolve_checkpoint
+from .schedule_file import FILE_PREFIX, read_schedule
 
 BASELINE, MIX = "none", "mix"
 DTYPES: dict[str, str] = {
@@ -52,6 +53,8 @@ def plain(value: Any) -> Any:
 
 def _layers(value: Any) -> Any:
     value = plain(value)
+    if isinstance(value, str) and value.startswith(FILE_PREFIX):  # layers=@schedule.json (tomeplug_eval.tune)
+        return read_schedule(value.removeprefix(FILE_PREFIX))
     if isinstance(value, Mapping):
         return {int(k): v for k, v in value.items()}
     if isinstance(value, str) and value.lower() in ("all", "null", "none"):
