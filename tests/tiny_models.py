@@ -146,78 +146,33 @@ def tiny_samvit(rope: bool = False) -> nn.Module:
 
 
 def tiny_sam3_vit(seed: int = 0, depth: int = 5, global_att_blocks: tuple[int, ...] = (2, 4), **fields) -> nn.Module:
-    """sam3's ViT as SAM 3 builds it (patch 14, RoPE interpolated from the window, tiled abs-pos, ln_pre, no
-    patch-embed bias) at tiny sizes: embed 64, 4 heads, 140 px (a 10x10 grid), 4x4 windows (padded to
-    12x12), global blocks 2 and 4 (windowed runs (0, 1) and (3,)), LayerScale, relative positions in
-    block 1. ``fields`` override the constructor's arguments (SAM 3: 32 blocks, global 7, 15, 23, 31)."""
-    from sam3.model.vitdet import ViT
+    """sam3's ViT as SAM 3 builds it at tiny sizes (``tomeplug_eval.architectures.TINY_SAM3_VIT``: 140 px, a 10x10
+    grid, 4x4 windows padded to 12x12, global blocks 2 and 4, so windowed runs (0, 1) and (3,), LayerScale,
+    relative positions in block 1), random non-trivial weights. ``fields`` override the constructor's arguments
+    (SAM 3: 32 blocks, global 7, 15, 23, 31)."""
+    from tomeplug_eval import architectures
 
-    options = dict(
-        img_size=140, pretrain_img_size=56, patch_size=14, embed_dim=64, depth=depth, num_heads=4, mlp_ratio=4.625,
-        use_abs_pos=True, tile_abs_pos=True, global_att_blocks=global_att_blocks, rel_pos_blocks=(1,), use_rope=True,
-        use_interp_rope=True, window_size=4, retain_cls_token=False, ln_pre=True, bias_patch_embed=False,
-        init_values=0.5,
-    )  # fmt: skip
-    return _randomise(ViT(**{**options, **fields}), seed)
+    return _randomise(architectures.tiny_sam3_vit(depth=depth, global_att_blocks=global_att_blocks, **fields), seed)
 
 
 def tiny_sam3_image(inst_interactive: bool = False, **vit_fields) -> nn.Module:
-    """A whole SAM 3 image model from sam3's own ``build_sam3_image_model`` (random weights, no download),
-    with the tiny ViT above (140 px; ``vit_fields`` override it) and a one-layer text encoder over a
-    byte-level vocabulary (sam3's wheel ships no BPE merges file), random weights; every other part at the
-    builder's sizes and initialisation. ``inst_interactive``: with the SAM 1 task predictor (point and box
-    prompts through ``model.predict_inst``), its tracker built for 140 px instead of 1008.
+    """A whole SAM 3 image model from sam3's own builder (``tomeplug_eval.architectures.sam3_image``: random
+    weights, no download, CUDA-only builder steps kept on the CPU) with the tiny ViT above (140 px;
+    ``vit_fields`` override it) and a one-layer text encoder over a byte-level vocabulary (sam3's wheel ships
+    no BPE merges file), both with random non-trivial weights. ``inst_interactive``: with the SAM 1 task
+    predictor (point and box prompts through ``model.predict_inst``), its tracker built for 140 px.
 
-    Two builder steps that put tensors on CUDA are kept on the CPU: the sine position encoding's cache
-    precomputed for 1008 px, and the decoder's coordinate cache. A ``Sam3Processor`` for it takes
-    ``resolution=140``; on a machine without an accelerator its box encoding needs ``Tensor.pin_memory``
-    to be a no-op.
+    A ``Sam3Processor`` for it takes ``resolution=140``; on a machine without an accelerator its box encoding
+    needs ``Tensor.pin_memory`` to be a no-op.
     """
-    import gzip
-    import tempfile
-    from pathlib import Path
-    from unittest import mock
-
-    import sam3.model_builder as builder
-    from sam3.model.decoder import TransformerDecoder
-    from sam3.model.position_encoding import PositionEmbeddingSine
-    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
-    from sam3.model.text_encoder_ve import VETextEncoder
-    from sam3.model.tokenizer_ve import SimpleTokenizer
-
-    bpe = Path(tempfile.gettempdir()) / "tomeplug_tiny_bpe.txt.gz"
-    bpe.write_bytes(gzip.compress(b"#version: byte-level only, no merges\n"))
+    from tomeplug_eval import architectures
 
     def text_encoder(bpe_path: str) -> nn.Module:
-        tokenizer = SimpleTokenizer(bpe_path=bpe_path)
-        encoder = VETextEncoder(
-            tokenizer=tokenizer, d_model=256, width=64, heads=2, layers=1, vocab_size=tokenizer.vocab_size
-        )
-        return _randomise(encoder, 1)  # its embeddings are left uninitialised (torch.empty) until a checkpoint loads
+        return _randomise(architectures.tiny_sam3_text_encoder(bpe_path), 1)
 
-    position_init, coords = PositionEmbeddingSine.__init__, TransformerDecoder._get_coords
-    tracker_init = Sam3TrackerPredictor.__init__
-
-    def tracker_at_140(self, *args, **kwargs):
-        tracker_init(self, *args, **{**kwargs, "image_size": 140})
-
-    def position_on_cpu(self, *args, precompute_resolution=None, **kwargs):
-        position_init(self, *args, precompute_resolution=None, **kwargs)
-
-    with (
-        mock.patch.object(builder, "_create_vit_backbone", lambda compile_mode=None: tiny_sam3_vit(**vit_fields)),
-        mock.patch.object(builder, "_create_text_encoder", text_encoder),
-        mock.patch.object(PositionEmbeddingSine, "__init__", position_on_cpu),
-        mock.patch.object(TransformerDecoder, "_get_coords", staticmethod(lambda h, w, device: coords(h, w, "cpu"))),
-        mock.patch.object(Sam3TrackerPredictor, "__init__", tracker_at_140),
-    ):
-        torch.manual_seed(0)  # the builder's own random initialisation
-        model = builder.build_sam3_image_model(
-            bpe_path=str(bpe), device="cpu", load_from_HF=False, enable_inst_interactivity=inst_interactive
-        )
-    if inst_interactive:
-        model.inst_interactive_predictor._bb_feat_sizes = [(40, 40), (20, 20), (10, 10)]  # strides 3.5, 7, 14
-    return model.eval()
+    torch.manual_seed(0)  # the builder's own random initialisation
+    size = vit_fields.get("img_size", 140)
+    return architectures.sam3_image(lambda: tiny_sam3_vit(**vit_fields), text_encoder, size, inst_interactive)
 
 
 class TinyModel(NamedTuple):

@@ -1,4 +1,5 @@
-"""Random-initialised official architectures, built from the packages' own registries (SAM, HQ-SAM) and yamls (SAM 2).
+"""Random-initialised official architectures, built from the packages' own registries (SAM, HQ-SAM), yamls (SAM 2)
+and builder (SAM 3: :func:`sam3_image`, offline and without CUDA).
 
 SAM 2 models are built from the yaml files shipped in the ``sam2`` package with ``OmegaConf.load`` and
 ``hydra.utils.instantiate``: never through ``hydra.compose``, which needs the global hydra state that
@@ -8,7 +9,9 @@ Nothing here knows model names or checkpoints: that is :mod:`.model_catalog`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +132,129 @@ def tiny_sam2(image_size: int = 128, target: str | None = None, **fields: Any) -
     cfg = tiny_sam2_config(image_size=image_size)
     cfg.sam_mask_decoder_extra_args = dict(SAM2_POSTPROCESSING)
     return instantiate_sam2(_override(cfg, target, fields))
+
+
+# SAM 3: sam3's own builder (``sam3.model_builder.build_sam3_image_model``), offline and on any device.
+TINY_SAM3_VIT = dict(
+    img_size=140, pretrain_img_size=56, patch_size=14, embed_dim=64, depth=5, num_heads=4, mlp_ratio=4.625,
+    use_abs_pos=True, tile_abs_pos=True, global_att_blocks=(2, 4), rel_pos_blocks=(1,), use_rope=True,
+    use_interp_rope=True, window_size=4, retain_cls_token=False, ln_pre=True, bias_patch_embed=False,
+    init_values=0.5,
+)  # fmt: skip
+"""sam3 ``ViT`` arguments as SAM 3 builds it (patch 14, interpolated RoPE, tiled abs-pos, ln_pre, no patch-embed
+bias, LayerScale) at tiny sizes: embed 64, 4 heads, 140 px (a 10x10 grid), 4x4 windows (padded to 12x12),
+global blocks 2 and 4, relative positions in block 1. SAM 3 itself: 1008 px, embed 1024, 32 blocks."""
+
+SAM3_BPE = "bpe_simple_vocab_16e6.txt.gz"  # the tokenizer's merges; in sam3's repository, not in its wheel
+
+
+def tiny_sam3_vit(**fields: Any) -> nn.Module:
+    """sam3's ``ViT`` with :data:`TINY_SAM3_VIT`'s arguments (``fields`` override them), its own initialisation."""
+    from sam3.model.vitdet import ViT
+
+    return ViT(**{**TINY_SAM3_VIT, **fields})
+
+
+def init_text_embeddings(encoder: nn.Module) -> nn.Module:
+    """Initialise what sam3's text transformer leaves as ``torch.empty`` until a checkpoint loads (CLIP's init:
+    positional embedding std 0.01, projection std width^-0.5), so random-weight models are reproducible."""
+    for name, parameter in encoder.named_parameters():
+        if name.endswith("positional_embedding"):
+            nn.init.normal_(parameter, std=0.01)
+        elif name.endswith("text_projection"):
+            nn.init.normal_(parameter, std=parameter.shape[0] ** -0.5)
+    return encoder
+
+
+def tiny_sam3_text_encoder(bpe_path: str) -> nn.Module:
+    """sam3's ``VETextEncoder`` at tiny sizes (width 64, 2 heads, one layer), vocabulary from ``bpe_path``."""
+    from sam3.model.text_encoder_ve import VETextEncoder
+    from sam3.model.tokenizer_ve import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer(bpe_path=bpe_path)
+    return init_text_embeddings(
+        VETextEncoder(tokenizer=tokenizer, d_model=256, width=64, heads=2, layers=1, vocab_size=tokenizer.vocab_size)
+    )
+
+
+def sam3_bpe_path() -> str:
+    """sam3's BPE merges file where its builder looks for it; else a byte-level stand-in (no merges) written to
+    the temp folder: the model builds, box and point prompts are unaffected, text prompts tokenise per byte."""
+    import gzip
+    import tempfile
+
+    spec = importlib.util.find_spec("sam3")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("SAM 3 models need the sam3 package: pip install -e '.[sam3]'")
+    official = Path(next(iter(spec.submodule_search_locations))).parent / "assets" / SAM3_BPE
+    if official.is_file():
+        return str(official)
+    stand_in = Path(tempfile.gettempdir()) / "tomeplug_byte_level_bpe.txt.gz"
+    if not stand_in.is_file():
+        stand_in.write_bytes(gzip.compress(b"#version: byte-level only, no merges\n"))
+    return str(stand_in)
+
+
+def sam3_image(
+    vit: Callable[[], nn.Module] | None = None,
+    text_encoder: Callable[[str], nn.Module] | None = None,
+    image_size: int = 1008,
+    inst_interactive: bool = True,
+) -> nn.Module:
+    """SAM 3's image model from sam3's ``build_sam3_image_model``: random weights, nothing downloaded, on the CPU.
+
+    Args:
+        vit: builds the ViT instead of the builder's (1008 px, 32 blocks); ``image_size`` must be its ``img_size``.
+        text_encoder: builds the text encoder from a BPE path instead of the builder's (24 layers, width 1024).
+        image_size: the input side; the tracker behind ``predict_inst`` is built for it.
+        inst_interactive: with the SAM 1 task predictor (point and box prompts through ``model.predict_inst``).
+
+    Two builder steps put tensors on CUDA; they run on the CPU here and are recomputed on the model's device
+    at first use: the sine position encoding's cache (precomputed for 1008 px) and the detector decoder's
+    coordinate cache. A ``Sam3Processor`` for it takes ``resolution=image_size``; on a machine without an
+    accelerator its box encoding needs ``Tensor.pin_memory`` to be a no-op.
+    """
+    from unittest import mock
+
+    import sam3.model_builder as builder
+    from sam3.model.decoder import TransformerDecoder
+    from sam3.model.position_encoding import PositionEmbeddingSine
+    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+
+    ensure_torchvision()
+    position_init, coords = PositionEmbeddingSine.__init__, TransformerDecoder._get_coords
+    tracker_init = Sam3TrackerPredictor.__init__
+
+    def position_lazily(self, *args, precompute_resolution=None, **kwargs):
+        position_init(self, *args, precompute_resolution=None, **kwargs)
+
+    def tracker_at_size(self, *args, **kwargs):
+        tracker_init(self, *args, **{**kwargs, "image_size": image_size})
+
+    text = text_encoder or (lambda bpe: init_text_embeddings(builder._create_text_encoder(bpe)))
+    parts = [
+        mock.patch.object(builder, "_create_text_encoder", text),
+        mock.patch.object(PositionEmbeddingSine, "__init__", position_lazily),
+        mock.patch.object(TransformerDecoder, "_get_coords", staticmethod(lambda h, w, device: coords(h, w, "cpu"))),
+        mock.patch.object(Sam3TrackerPredictor, "__init__", tracker_at_size),
+    ]
+    if vit is not None:
+        parts.append(mock.patch.object(builder, "_create_vit_backbone", lambda compile_mode=None: vit()))
+    with contextlib.ExitStack() as stack:
+        for part in parts:
+            stack.enter_context(part)
+        model = builder.build_sam3_image_model(
+            bpe_path=sam3_bpe_path(), device="cpu", load_from_HF=False, enable_inst_interactivity=inst_interactive
+        )
+    model.transformer.decoder.compilable_cord_cache = None  # recomputed on the boxes' device at first use
+    if inst_interactive:
+        grid = image_size // 14
+        model.inst_interactive_predictor._bb_feat_sizes = [(grid * 4, grid * 4), (grid * 2, grid * 2), (grid, grid)]
+    return model.eval()
+
+
+def tiny_sam3(inst_interactive: bool = True, **vit_fields: Any) -> nn.Module:
+    """SAM 3's image model (:func:`sam3_image`) with the tiny ViT (``vit_fields`` override
+    :data:`TINY_SAM3_VIT`) and a tiny text encoder; every other part at the builder's sizes."""
+    size = vit_fields.get("img_size", TINY_SAM3_VIT["img_size"])
+    return sam3_image(lambda: tiny_sam3_vit(**vit_fields), tiny_sam3_text_encoder, size, inst_interactive)

@@ -2,8 +2,9 @@
 
 Convention (as fvcore, and the published SAM / ToMe / PiToMe numbers): one multiply-add is one flop,
 and "GFLOPs" means 1e9 of them. Only matmul-class ops (linear, matmul, bmm, einsum, convolution,
-attention) and fvcore's norm and upsampling handles are counted; elementwise ops (softmax, gelu, add,
-mean, ...) are not, in either the merged or the unmerged model.
+attention), fvcore's norm and upsampling handles and complex products (RoPE's rotation of queries and keys,
+SAM 3; 4 real multiplies each, listed as ``complex_mul``) are counted; real elementwise ops (softmax, gelu,
+add, mean, ...) are not, in either the merged or the unmerged model.
 
 Three lists come with the total, so that nothing is dropped silently:
 
@@ -97,6 +98,15 @@ def baddbmm_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return b * n * k * _shape(inputs[2], "baddbmm")[-1]
 
 
+def complex_mul_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """``mul``: 4 real multiplies per element of a complex product (RoPE's rotation); 0 for real products,
+    which stay elementwise and uncounted (the two adds of a complex product ride on its multiplies)."""
+    out = outputs[0].type()
+    if not isinstance(out, torch._C.TensorType) or not str(out.scalarType()).startswith("Complex"):
+        return 0
+    return 4 * math.prod(_shape(outputs[0], "mul"))
+
+
 def overhead_jit(inputs: list[Any], outputs: list[Any]) -> int:
     """Elements of the largest tensor an op reads or writes (a memory-traffic proxy)."""
     shapes = [get_shape(x) for x in [*inputs, *outputs] if isinstance(x.type(), torch._C.TensorType)]
@@ -113,6 +123,7 @@ FLOP_HANDLES = {
     **dict.fromkeys(SDPA_OPS, sdpa_flop_jit),
     "aten::matmul": matmul_flop_jit,
     "aten::baddbmm": baddbmm_flop_jit,
+    "aten::mul": complex_mul_jit,
 }
 OVERHEAD_HANDLES = {f"aten::{op}": sort_jit if op in SORT_OPS else overhead_jit for op in OVERHEAD_OPS}
 
@@ -169,5 +180,8 @@ def count_flops(
     uncounted = dict(sorted(analysis.unsupported_ops().items()))
     check_counted(uncounted)
     overhead = {op: int(counts.pop(op)) for op in sorted(set(counts) & set(OVERHEAD_OPS))}
+    if counts.get("mul"):
+        counts["complex_mul"] = counts["mul"]
+    counts.pop("mul", None)  # real products are elementwise: counted 0, not listed
     by_operator = {op: int(n) for op, n in sorted(counts.items())}
     return FlopReport(sum(by_operator.values()), by_operator, overhead, uncounted)
