@@ -39,7 +39,7 @@ def object_box(resized: np.ndarray, original: np.ndarray) -> np.ndarray:
 
 
 class ImageTask(Task):
-    """``task: image``: SAM, HQ-SAM and SAM 2 with one box per object (see the module docstring)."""
+    """``task: image``: SAM, HQ-SAM, SAM 2 and SAM 3 with one box per object (see the module docstring)."""
 
     name = "image"
     unit = "img"
@@ -51,8 +51,8 @@ class ImageTask(Task):
         self.dataset = load_dataset(cfg.dataset.name, cfg.data_root, **self.dataset_options())
         self.references = ReferenceCache(setup.output_dir, setup.spec.reference_key)
         self.segmenter: Segmenter | None = None
-        if cfg.keep_aspect and MODELS[setup.spec.model].family == "sam2":
-            raise ValueError("keep_aspect=true is SAM's resize; SAM 2 always takes a square (stretched) input")
+        if cfg.keep_aspect and MODELS[setup.spec.model].family in ("sam2", "sam3"):
+            raise ValueError("keep_aspect=true is SAM's resize; SAM 2 and SAM 3 take a square (stretched) input")
 
     def bind(self, model: torch.nn.Module, family: str) -> None:
         super().bind(model, family)

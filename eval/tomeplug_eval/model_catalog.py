@@ -7,8 +7,9 @@ A model is one entry in :data:`MODELS`: a builder of its random-initialised arch
 that names the file and the fix.
 
 Names: ``sam_vit_{b,l,h}`` (SAM), ``hq_sam_vit_{b,l,h}`` (HQ-SAM), ``sam2_hiera_{t,s,b+,l}`` (SAM 2),
-``sam2.1_hiera_{t,s,b+,l}`` (SAM 2.1), and the tiny test models ``sam_tiny``, ``hq_sam_tiny``, ``sam2_tiny``
-(official classes, small dimensions, no checkpoint). ``vit_b``, ``vit_l``, ``vit_h`` and ``tiny`` are aliases.
+``sam2.1_hiera_{t,s,b+,l}`` (SAM 2.1), ``sam3`` (SAM 3's image model with its SAM 1 task predictor, 1008 px),
+and the tiny test models ``sam_tiny``, ``hq_sam_tiny``, ``sam2_tiny``, ``sam3_tiny`` (official classes, small
+dimensions, no checkpoint). ``vit_b``, ``vit_l``, ``vit_h`` and ``tiny`` are aliases.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import attrs
 import torch
 from torch import nn
 
-from .architectures import registry_model, sam2_model, tiny_sam, tiny_sam2
+from .architectures import registry_model, sam2_model, sam3_image, tiny_sam, tiny_sam2, tiny_sam3
 
 CHECKPOINT_DIR = Path(os.environ.get("TOMEPLUG_CHECKPOINT_DIR", "checkpoints"))
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -41,6 +42,21 @@ class RandomWeightsWarning(UserWarning):
 SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
 SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 HQ_URL = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
+SAM3_URL = "https://huggingface.co/facebook/sam3/resolve/main/"  # a gated repository: accept its licence first
+
+
+def sam3_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """The image model's state dict from ``sam3.pt`` (keys as sam3's own loader maps them): ``detector.*``
+    without the prefix, ``tracker.*`` under ``inst_interactive_predictor.model.``; other keys stay as they are
+    (and fail the strict check)."""
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("detector."):
+            key = key.removeprefix("detector.")
+        elif key.startswith("tracker."):
+            key = "inst_interactive_predictor.model." + key.removeprefix("tracker.")
+        renamed[key] = value
+    return renamed
 
 
 @attrs.frozen
@@ -49,11 +65,12 @@ class ModelSpec:
 
     Args:
         build: returns the random-initialised model (SAM 2 builders take options: see :func:`build_model`).
-        family: ``"sam"``, ``"hq_sam"`` or ``"sam2"``: how images are encoded and prompts decoded.
+        family: ``"sam"``, ``"hq_sam"``, ``"sam2"`` or ``"sam3"``: how images are encoded and prompts decoded.
         checkpoint: the official checkpoint's file name, or None where there is none.
         url: where to download it from.
         state_dict_key: the key holding the state dict inside the checkpoint (SAM 2 uses ``"model"``).
         source: where the architecture comes from (a registry entry or a yaml), for records and checks.
+        rename: maps the checkpoint's state dict (after ``state_dict_key``) to the model's keys, or None.
     """
 
     build: Callable[..., nn.Module]
@@ -62,6 +79,7 @@ class ModelSpec:
     url: str | None = None
     state_dict_key: str | None = None
     source: str = ""
+    rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 def _sam(package: str, family: str, size: str, checkpoint: str, url: str) -> ModelSpec:
@@ -86,6 +104,10 @@ MODELS: dict[str, ModelSpec] = {
     "sam_tiny": ModelSpec(tiny_sam, "sam", source="segment_anything, tiny dims"),
     "hq_sam_tiny": ModelSpec(partial(tiny_sam, "segment_anything_hq"), "hq_sam", source="segment_anything_hq, tiny"),
     "sam2_tiny": ModelSpec(tiny_sam2, "sam2", state_dict_key="model", source="sam2.1/sam2.1_hiera_t.yaml, tiny"),
+    "sam3": ModelSpec(sam3_image, "sam3", "sam3.pt", SAM3_URL, "model", "sam3 build_sam3_image_model", sam3_state_dict),
+    "sam3_tiny": ModelSpec(
+        tiny_sam3, "sam3", None, None, "model", "sam3 builder, tiny ViT and text encoder", sam3_state_dict
+    ),  # files in sam3.pt's layout
 }
 ALIASES: dict[str, str] = {"vit_b": "sam_vit_b", "vit_l": "sam_vit_l", "vit_h": "sam_vit_h", "tiny": "sam_tiny"}
 
@@ -171,6 +193,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
         state = state[spec.state_dict_key]
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    if spec.rename is not None:
+        state = spec.rename(state)
     problems = state_dict_problems(model.state_dict(), state)
     if problems:
         hint = f" (the official file for {name!r} is {spec.checkpoint})" if spec.checkpoint else ""

@@ -52,7 +52,7 @@ def pick_device(name: str, world: distributed.World) -> torch.device:
 def versions() -> dict[str, str]:
     """Versions of the packages that shape the numbers."""
     found = {}
-    for dist in ("tomeplug", "torch", "segment-anything", "segment-anything-hq", "sam2", "fvcore"):
+    for dist in ("tomeplug", "torch", "segment-anything", "segment-anything-hq", "sam2", "sam3", "fvcore"):
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

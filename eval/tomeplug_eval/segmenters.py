@@ -3,8 +3,9 @@
 :meth:`Segmenter.encode` runs the image encoder once for a batch of images (the part token merging changes,
 the part that is timed); :meth:`Segmenter.decode` prompts one image's features with one box per object and
 returns single-mask logits at the image's original size. Decoding goes through the official predictors
-(``SamPredictor`` of segment_anything / segment_anything_hq, ``SAM2ImagePredictor``) with their features set
-from the batch, so prompt encoding, mask decoding and upsampling are exactly theirs.
+(``SamPredictor`` of segment_anything / segment_anything_hq, ``SAM2ImagePredictor``, SAM 3's SAM 1 task
+predictor behind ``Sam3Image.predict_inst``) with their features set from the batch, so prompt encoding, mask
+decoding and upsampling are exactly theirs.
 """
 
 from __future__ import annotations
@@ -126,10 +127,61 @@ class Sam2Segmenter(Segmenter):
         return logits[:, 0]
 
 
+class Sam3Segmenter(Segmenter):
+    """SAM 3 with box prompts: its vision backbone (ViT and FPN necks, as ``Sam3Processor.set_image``), then the
+    SAM 1 task predictor ``predict_inst`` uses (the model must be built with ``enable_inst_interactivity``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        ensure_torchvision()
+        if getattr(model, "inst_interactive_predictor", None) is None:
+            raise ValueError(
+                "box prompts on SAM 3 need its SAM 1 task predictor: "
+                "build_sam3_image_model(enable_inst_interactivity=True)"
+            )
+        from sam3.model.sam3_image_processor import Sam3Processor
+
+        self.model, self.predictor = model, model.inst_interactive_predictor
+        self.input_size = self.predictor.model.image_size
+        self.transform = Sam3Processor(model, resolution=self.input_size, device="cpu").transform
+        self.encoder = model.backbone.vision_backbone
+
+    def preprocess(self, images: list[np.ndarray]) -> Tensor:
+        device = next(self.model.parameters()).device
+        return torch.stack([self.transform(torch.from_numpy(image).permute(2, 0, 1)) for image in images]).to(device)
+
+    def encode(self, batch: Tensor) -> Any:
+        tracker = self.predictor.model
+        backbone = self.model.backbone.forward_image(batch)["sam2_backbone_out"]
+        fpn = backbone["backbone_fpn"]  # as Sam3Processor.set_image: the decoder's high-resolution projections
+        fpn[0], fpn[1] = tracker.sam_mask_decoder.conv_s0(fpn[0]), tracker.sam_mask_decoder.conv_s1(fpn[1])
+        _, feats, _, sizes = tracker._prepare_backbone_features(backbone)
+        feats[-1] = feats[-1] + tracker.no_mem_embed  # as predict_inst
+        b = batch.shape[0]
+        maps = [f.permute(1, 2, 0).reshape(b, -1, *s) for f, s in zip(feats, sizes, strict=True)]  # (B, C, h, w)
+        return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}
+
+    def embedding(self, features: Any, i: int) -> Tensor:
+        return features["image_embed"][i]
+
+    def decode(self, features: Any, i: int, boxes: np.ndarray, input_hw: Size, size: Size) -> Tensor:
+        if tuple(input_hw) != (self.input_size, self.input_size):
+            raise ValueError(f"SAM 3 takes square {self.input_size}x{self.input_size} inputs, got {input_hw}")
+        p = self.predictor
+        p._features = {"image_embed": features["image_embed"][i : i + 1]}
+        p._features["high_res_feats"] = [f[i : i + 1] for f in features["high_res_feats"]]
+        p._orig_hw, p._is_image_set, p._is_batch = [size], True, False
+        box_tensor = torch.as_tensor(boxes, dtype=torch.float, device=features["image_embed"].device)
+        logits, _, _ = p._predict(None, None, box_tensor, multimask_output=False, return_logits=True, img_idx=0)
+        p._features, p._is_image_set = None, False
+        return logits[:, 0]
+
+
 def make_segmenter(model: nn.Module, family: str, hq_token_only: bool = True) -> Segmenter:
-    """The segmenter of a model family: ``"sam"``, ``"hq_sam"`` or ``"sam2"``."""
+    """The segmenter of a model family: ``"sam"``, ``"hq_sam"``, ``"sam2"`` or ``"sam3"``."""
     if family == "sam2":
         return Sam2Segmenter(model)
+    if family == "sam3":
+        return Sam3Segmenter(model)
     if family in ("sam", "hq_sam"):
         return SamSegmenter(model, hq=family == "hq_sam", hq_token_only=hq_token_only)
-    raise ValueError(f"unknown model family {family!r}; known: sam, hq_sam, sam2")
+    raise ValueError(f"unknown model family {family!r}; known: sam, hq_sam, sam2, sam3")
