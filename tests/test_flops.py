@@ -118,3 +118,26 @@ def test_every_strategy_is_counted_without_unhandled_ops(strategy_name):
     with tomeplug.patch(encoder, strategy_name, r=0.25):
         merged = count_flops(encoder, x)
     assert merged.total < dense and merged.overhead
+
+
+def test_sam3_vit_matches_a_hand_count_with_rope_and_sdpa():
+    """sam3's ViT (tiny, no relative positions): every counted op against its hand count, RoPE included."""
+    pytest.importorskip("sam3")
+    from tiny_models import tiny_sam3_vit
+
+    vit = tiny_sam3_vit(rel_pos_blocks=())  # 10x10 grid, 4x4 windows padded to 12x12, global blocks 2 and 4
+    c, heads, hidden, windowed, global_ = 64, 4, 296, 3, 2
+    padded, grid, windows = 144, 100, 9
+    tokens = windowed * padded + global_ * grid  # the attention's qkv and proj run on padded windows
+    expected = {
+        "conv": grid * 3 * 14 * 14 * c,  # patch embedding
+        "linear": tokens * 4 * c * c + 5 * grid * 2 * c * hidden,  # qkv + proj, MLP
+        "layer_norm": 5 * grid * c * 11,  # fvcore: 5 per element; ln_pre and two per block
+        "scaled_dot_product_attention": windowed * windows * heads * 16 * 16 * 32 + global_ * heads * grid * grid * 32,
+        "complex_mul": 4 * 2 * tokens * c // 2,  # q and k: hd / 2 complex channels per head, 4 real multiplies each
+    }
+    report = count_flops(vit, torch.randn(1, 3, 140, 140))
+    assert report.by_operator == expected
+    with tomeplug.patch(vit, "tome", r=0.5, scope="attn"):
+        merged = count_flops(vit, torch.randn(1, 3, 140, 140)).by_operator
+    assert merged["complex_mul"] == expected["complex_mul"] // 2  # merged queries and keys rotated at kept cells
