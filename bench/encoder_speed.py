@@ -21,7 +21,8 @@ Method:
 - fidelity: cosine of the patched and dense embeddings of the timed runs (random weights: a smoke check).
 
 ``--model`` is any of the harness's models (``model=`` in ``eval/harness.py``): ``sam_vit_b``, ``sam_vit_l``,
-``sam2.1_hiera_l``, ..., or a tiny smoke model (``sam_tiny``, ``sam2_tiny``). ``--layers`` is ``paper``
+``sam2.1_hiera_l``, ``sam3`` (its ViT alone, built by sam3's own builder at 1008x1008), ..., or a tiny smoke
+model (``sam_tiny``, ``sam2_tiny``, ``sam3_tiny``). ``--layers`` is ``paper``
 (the published schedule, default for SAM / HQ-SAM ViT-L: [0, 4, 5, 10, 16, 17, 19, 20, 22, 23], and SAM
 2.1 Hiera-L: [31, 32, 34, 35, 37, 38, 44, 45, 46, 47]), ``vitb`` (default for ViT-B: the paper schedule at
 half depth, floor(i / 2) deduplicated: [0, 2, 5, 8, 9, 10, 11], all four global blocks included),
@@ -53,10 +54,13 @@ from tomeplug.plan import MergePlan
 from tomeplug_adapters import (
     sam2_hiera_attention,
     sam2_hiera_scopes,
+    sam3_vit,
+    sam3_vit_attention,
     sam_vit_attention,
     sam_vit_scopes,
     windowed_scopes,
 )
+from tomeplug_eval import architectures
 from tomeplug_eval.flops import count_flops
 from tomeplug_eval.latency import compare
 from tomeplug_eval.model_catalog import ALIASES, MODELS, RandomWeightsWarning, build_model
@@ -67,9 +71,14 @@ DEFAULT_LAYERS = {
     **dict.fromkeys(("sam_vit_b", "hq_sam_vit_b"), "vitb"),
 }
 """``--layers`` default per ``--model`` (``all`` for the others)."""
-SMALL_INPUTS = {"sam_tiny": 256, "hq_sam_tiny": 256, "sam2_tiny": 128}
-"""``--size`` default of the tiny smoke models (1024 for the others)."""
-MERGING_CODE = [sam_vit_attention, sam_vit_scopes, sam2_hiera_attention, sam2_hiera_scopes, windowed_scopes]
+SMALL_INPUTS = {"sam_tiny": 256, "hq_sam_tiny": 256, "sam2_tiny": 128, "sam3": 1008, "sam3_tiny": 140}
+"""``--size`` default of the tiny smoke models and SAM 3 (1024 for the others)."""
+SAM3_ENCODERS = {"sam3": lambda: architectures.sam3_image_vit(), "sam3_tiny": architectures.tiny_sam3_vit}
+"""SAM 3's image encoder timed here: its ViT alone, built as sam3's builder builds it (no whole model needed)."""
+MERGING_CODE = [
+    sam_vit_attention, sam_vit_scopes, sam2_hiera_attention, sam2_hiera_scopes, windowed_scopes, sam3_vit,
+    sam3_vit_attention,
+]  # fmt: skip
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CACHE = Path("outputs/bench_flops_cache.json")
 
@@ -109,6 +118,12 @@ def gflops(encoder: torch.nn.Module, key: dict, size: int) -> float:
     return cache[name]
 
 
+def cast(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` on ``device`` with its floating-point tensors in ``dtype``; complex buffers (SAM 3's RoPE
+    table ``freqs_cis``) keep theirs, which ``Module.to(dtype)`` would cast to real, dropping the rotation."""
+    return module._apply(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device))
+
+
 class Stopwatch:
     """Seconds spent per label; nested calls of an ``outer`` label count once (the outermost)."""
 
@@ -141,11 +156,12 @@ def merge_overhead(encoder: torch.nn.Module, schedule: dict, x: torch.Tensor) ->
     with ExitStack() as stack, torch.no_grad():
         for module in (sam_vit_attention, sam2_hiera_attention, windowed_scopes):
             stack.enter_context(mock.patch.object(module, "plan_merge", watch.wrap("plan", module.plan_merge)))
-        for module in (sam_vit_attention, sam_vit_scopes):
+        for module in (sam_vit_attention, sam_vit_scopes, sam3_vit_attention):
             positions = watch.wrap("positions", module.plan_positions)
             stack.enter_context(mock.patch.object(module, "plan_positions", positions))
-        bias = watch.wrap("positions", sam_vit_attention.position_bias)
-        stack.enter_context(mock.patch.object(sam_vit_attention, "position_bias", bias))
+        for module in (sam_vit_attention, sam3_vit_attention):
+            bias = watch.wrap("positions", module.position_bias)
+            stack.enter_context(mock.patch.object(module, "position_bias", bias))
         for name in ("merge", "unmerge"):
             stack.enter_context(mock.patch.object(MergePlan, name, watch.wrap(name, getattr(MergePlan, name))))
         run = watch.wrap("blocks", windowed_scopes.run_merged, outer=True)
@@ -187,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dtype", choices=list(DTYPES), default="fp32", help="precision of both encoders (default: %(default)s)")
     add("--device", choices=["cpu", "cuda"], default="cpu", help="where both encoders run (default: %(default)s)")
     add("--batch", type=int, default=1, help="images per timed forward (default: %(default)s)")
-    add("--size", type=int, help="input side in pixels (default: 1024; sam_tiny, hq_sam_tiny 256; sam2_tiny 128)")
+    add(
+        "--size",
+        type=int,
+        help="input side in pixels (default: 1024; sam3 1008; sam_tiny, hq_sam_tiny 256; sam2_tiny 128; sam3_tiny 140)",
+    )
     add("--compile", action="store_true", help="torch.compile both encoders (inductor) before timing")
     add("--repeats", type=int, default=3, help="timed rounds per encoder, medians reported (default: %(default)s)")
     add("--warmup", type=int, default=1, help="untimed rounds per encoder first (default: %(default)s)")
@@ -208,9 +228,12 @@ def main() -> None:
     args.size = args.size or SMALL_INPUTS.get(args.model, 1024)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomWeightsWarning)
-        dense = build_model(args.model).image_encoder
+    if args.model in SAM3_ENCODERS:
+        dense = SAM3_ENCODERS[args.model]().eval()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            dense = build_model(args.model).image_encoder
     layers = parse_layers(args.layers or DEFAULT_LAYERS.get(args.model, "all"), dense)
     patched = copy.deepcopy(dense)
     params = {"r": args.r, "scope": args.scope, **({"exclude_padding": True} if args.exclude_padding else {})}
@@ -220,7 +243,7 @@ def main() -> None:
     merged_g = gflops(patched, record, args.size)
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    dense, patched = dense.to(device, dtype), patched.to(device, dtype)
+    dense, patched = cast(dense, device, dtype), cast(patched, device, dtype)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     x = x.to(device, dtype)
     run_dense, run_patched = dense, patched
@@ -230,6 +253,8 @@ def main() -> None:
     def forward(model):
         with torch.no_grad():
             out = model(x)
+        if isinstance(out, list):  # SAM 3's ViT: a list of (B, C, h, w) maps
+            return out[-1]
         return out["vision_features"] if isinstance(out, dict) else out  # SAM 2's ImageEncoder: a dict
 
     timing = compare(

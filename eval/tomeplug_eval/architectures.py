@@ -155,6 +155,13 @@ def tiny_sam3_vit(**fields: Any) -> nn.Module:
     return ViT(**{**TINY_SAM3_VIT, **fields})
 
 
+def sam3_image_vit() -> nn.Module:
+    """SAM 3's image ViT as sam3's builder builds it (1008 px, 32 blocks, width 1024), random weights."""
+    from sam3.model_builder import _create_vit_backbone
+
+    return _create_vit_backbone()
+
+
 def init_text_embeddings(encoder: nn.Module) -> nn.Module:
     """Initialise what sam3's text transformer leaves as ``torch.empty`` until a checkpoint loads (CLIP's init:
     positional embedding std 0.01, projection std width^-0.5), so random-weight models are reproducible."""
