@@ -238,7 +238,8 @@ def sam3_image(
     def tracker_at_size(self, *args, **kwargs):
         tracker_init(self, *args, **{**kwargs, "image_size": image_size})
 
-    text = text_encoder or (lambda bpe: init_text_embeddings(builder._create_text_encoder(bpe)))
+    official_text = builder._create_text_encoder
+    text = text_encoder or (lambda bpe: init_text_embeddings(official_text(bpe)))
     parts = [
         mock.patch.object(builder, "_create_text_encoder", text),
         mock.patch.object(PositionEmbeddingSine, "__init__", position_lazily),
