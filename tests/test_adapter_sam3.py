@@ -208,3 +208,18 @@ def test_point_and_box_prompts_through_predict_inst_on_a_patched_model():
             processor.set_image(picture), box=np.array([10, 10, 100, 120]), multimask_output=False
         )
         assert box_masks.shape == (1, 150, 120)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_check_adapter_on_the_whole_image_model(scope):
+    """The conformance kit on the SAM 3 image model built by sam3's own builder (the ViT found inside it)."""
+    from tomeplug.testing import check_adapter
+
+    image = torch.randn(1, 3, 140, 140, generator=torch.Generator().manual_seed(4))
+    check_adapter(
+        "sam3_vit",
+        tiny_sam3_image,
+        lambda: image,
+        run=lambda model, x: model.backbone.forward_image(x)["backbone_fpn"],
+        scope=scope,
+    )
