@@ -91,6 +91,8 @@ class SamSegmenter(Segmenter):
 class Sam2Segmenter(Segmenter):
     """SAM 2 / 2.1: Hiera trunk and FPN neck, then the image predictor's feature layout and decoder."""
 
+    name = "SAM 2"
+
     def __init__(self, model: nn.Module) -> None:
         ensure_torchvision()
         from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -108,28 +110,37 @@ class Sam2Segmenter(Segmenter):
         _, feats, _, sizes = self.model._prepare_backbone_features(backbone)
         if self.model.directly_add_no_mem_embed:  # as SAM2ImagePredictor.set_image_batch
             feats[-1] = feats[-1] + self.model.no_mem_embed
-        b = batch.shape[0]
-        maps = [f.permute(1, 2, 0).reshape(b, -1, *s) for f, s in zip(feats, sizes, strict=True)]  # (B, C, h, w)
-        return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}
+        return predictor_features(feats, sizes, batch.shape[0])
 
     def embedding(self, features: Any, i: int) -> Tensor:
         return features["image_embed"][i]
 
     def decode(self, features: Any, i: int, boxes: np.ndarray, input_hw: Size, size: Size) -> Tensor:
         if tuple(input_hw) != (self.input_size, self.input_size):
-            raise ValueError(f"SAM 2 takes square {self.input_size}x{self.input_size} inputs, got {input_hw}")
+            raise ValueError(f"{self.name} takes square {self.input_size}x{self.input_size} inputs, got {input_hw}")
         p = self.predictor
         p._features = {"image_embed": features["image_embed"][i : i + 1]}
         p._features["high_res_feats"] = [f[i : i + 1] for f in features["high_res_feats"]]
         p._orig_hw, p._is_image_set, p._is_batch = [size], True, False
-        box_tensor = torch.as_tensor(boxes, dtype=torch.float, device=self.model.device)
+        box_tensor = torch.as_tensor(boxes, dtype=torch.float, device=features["image_embed"].device)
         logits, _, _ = p._predict(None, None, box_tensor, multimask_output=False, return_logits=True, img_idx=0)
+        p._features, p._is_image_set = None, False
         return logits[:, 0]
 
 
-class Sam3Segmenter(Segmenter):
+def predictor_features(feats: list[Tensor], sizes: list[Size], batch: int) -> dict[str, Any]:
+    """SAM 2's predictor layout of prepared backbone features: the last map as ``image_embed`` (B, C, h, w),
+    the others as ``high_res_feats``."""
+    maps = [f.permute(1, 2, 0).reshape(batch, -1, *s) for f, s in zip(feats, sizes, strict=True)]  # (B, C, h, w)
+    return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}
+
+
+class Sam3Segmenter(Sam2Segmenter):
     """SAM 3 with box prompts: its vision backbone (ViT and FPN necks, as ``Sam3Processor.set_image``), then the
-    SAM 1 task predictor ``predict_inst`` uses (the model must be built with ``enable_inst_interactivity``)."""
+    SAM 1 task predictor ``predict_inst`` uses (the model must be built with ``enable_inst_interactivity``),
+    which has SAM 2's image-predictor interface: the feature layout and the decoding are SAM 2's."""
+
+    name = "SAM 3"
 
     def __init__(self, model: nn.Module) -> None:
         ensure_torchvision()
@@ -156,24 +167,7 @@ class Sam3Segmenter(Segmenter):
         fpn[0], fpn[1] = tracker.sam_mask_decoder.conv_s0(fpn[0]), tracker.sam_mask_decoder.conv_s1(fpn[1])
         _, feats, _, sizes = tracker._prepare_backbone_features(backbone)
         feats[-1] = feats[-1] + tracker.no_mem_embed  # as predict_inst
-        b = batch.shape[0]
-        maps = [f.permute(1, 2, 0).reshape(b, -1, *s) for f, s in zip(feats, sizes, strict=True)]  # (B, C, h, w)
-        return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}
-
-    def embedding(self, features: Any, i: int) -> Tensor:
-        return features["image_embed"][i]
-
-    def decode(self, features: Any, i: int, boxes: np.ndarray, input_hw: Size, size: Size) -> Tensor:
-        if tuple(input_hw) != (self.input_size, self.input_size):
-            raise ValueError(f"SAM 3 takes square {self.input_size}x{self.input_size} inputs, got {input_hw}")
-        p = self.predictor
-        p._features = {"image_embed": features["image_embed"][i : i + 1]}
-        p._features["high_res_feats"] = [f[i : i + 1] for f in features["high_res_feats"]]
-        p._orig_hw, p._is_image_set, p._is_batch = [size], True, False
-        box_tensor = torch.as_tensor(boxes, dtype=torch.float, device=features["image_embed"].device)
-        logits, _, _ = p._predict(None, None, box_tensor, multimask_output=False, return_logits=True, img_idx=0)
-        p._features, p._is_image_set = None, False
-        return logits[:, 0]
+        return predictor_features(feats, sizes, batch.shape[0])
 
 
 def make_segmenter(model: nn.Module, family: str, hq_token_only: bool = True) -> Segmenter:
