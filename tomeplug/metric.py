@@ -34,15 +34,26 @@ def padding_mask(tokens: Tensor) -> Tensor:
     return tokens.ne(0).any(dim=-1)
 
 
-def plan_merge(setting: Setting, tokens: Tensor, qkv: nn.Linear, num_heads: int, grid: tuple[int, int]) -> MergePlan:
+def plan_merge(
+    setting: Setting,
+    tokens: Tensor,
+    qkv: nn.Linear | None,
+    num_heads: int,
+    grid: tuple[int, int],
+    key_proj: nn.Module | None = None,
+) -> MergePlan:
     """Plan one attention call's merge from its input tokens (B', N, C), as ``setting`` asks.
 
-    The metric is the input (``setting.metric == "input"``) or the keys (``"keys"``), averaged over heads;
+    The metric is the input (``setting.metric == "input"``) or the keys (``"keys"``: from the fused ``qkv``
+    projection, or from ``key_proj`` where an attention projects q, k and v separately), averaged over heads;
     with ``setting.exclude_padding`` the strategy also gets the padding mask. The plan is validated
     (:func:`tomeplug.plan_validation.validate_plan`): a strategy's invalid plan raises before any output exists.
     """
     with torch.no_grad():
-        features = tokens if setting.metric == "input" else key_features(tokens, qkv)
+        if setting.metric == "input":
+            features = tokens
+        else:
+            features = key_proj(tokens) if key_proj is not None else key_features(tokens, qkv)
         metric = head_mean(features, num_heads)  # (B', N, C / heads)
         valid = padding_mask(tokens) if setting.exclude_padding else None
         return validate_plan(setting.plan(metric, grid, valid), metric, setting.strategy)

@@ -61,10 +61,19 @@ class MergingWindowedBlock(nn.Module):
     """Mixin over a windowed block (scopes ``block`` and ``span``): attention and MLP on merged tokens.
 
     The block has ``window_size`` (0: global), ``norm1``, ``attn`` (with ``qkv`` and ``num_heads``),
-    ``norm2`` and ``mlp``. A subclass supplies the attention over merged tokens.
+    ``norm2`` and ``mlp``. A subclass supplies the attention over merged tokens; a package that names
+    these parts differently overrides :meth:`attention_norm`, :meth:`plan` and :meth:`merged_mlp`.
     """
 
     tomeplug_setting: Setting
+
+    def attention_norm(self, tokens: Tensor) -> Tensor:
+        """The normalisation before attention (B', N, C) -> (B', N, C): ``norm1``."""
+        return self.norm1(tokens)
+
+    def plan(self, normed: Tensor, grid: tuple[int, int]) -> MergePlan:
+        """This block's merge plan for attention inputs ``normed`` (B', N, C) of (h, w) attention calls."""
+        return plan_merge(self.tomeplug_setting, normed, self.attn.qkv, self.attn.num_heads, grid)
 
     def merged_context(self, plan: MergePlan, grid: tuple[int, int], dtype: torch.dtype) -> Any:
         """What :meth:`merged_attend` needs of a plan (e.g. positions), built once per plan."""
@@ -96,24 +105,25 @@ class MergingWindowedBlock(nn.Module):
 def run_merged(blocks: Sequence[MergingWindowedBlock], x: Tensor) -> Tensor:
     """Run consecutive blocks (one window size) on one plan's merged tokens: (B, H, W, C) -> (B, H, W, C).
 
-    The plan is made from the first block's ``norm1`` of the windows (padding zeroed, as upstream pads it)
-    and its setting. Each token leaves with its own residual plus its slot's change ("delta unmerge").
+    The plan is made by the first block (:meth:`MergingWindowedBlock.plan`) from its attention norm of the
+    windows (padding zeroed, as upstream pads it). Each token leaves with its own residual plus its slot's
+    change ("delta unmerge").
     """
     first, (b, h, w, _) = blocks[0], x.shape
-    setting, size = first.tomeplug_setting, first.window_size
+    size = first.window_size
     grid = (size, size) if size else (h, w)
     tokens = partition(x, size)  # (B', N, C) the residual stream
     real = None
     if size and (h % size or w % size):
         real = partition(x.new_ones(b, h, w, 1), size)  # (B', N, 1): 0 for padding
-    normed = first.norm1(tokens) if real is None else first.norm1(tokens) * real
-    plan = plan_merge(setting, normed, first.attn.qkv, first.attn.num_heads, grid)
+    normed = first.attention_norm(tokens) if real is None else first.attention_norm(tokens) * real
+    plan = first.plan(normed, grid)
     merged = plan.merge(tokens)  # (B', M, C) size-weighted mean residuals
     real_slots = None if real is None else plan.merge(real).gt(0).to(x.dtype)  # (B', M, 1): 0 if all padding
     context = first.merged_context(plan, grid, x.dtype)  # once per plan
     out = merged
     for block in blocks:
-        attn_in = block.norm1(out) if real_slots is None else block.norm1(out) * real_slots
+        attn_in = block.attention_norm(out) if real_slots is None else block.attention_norm(out) * real_slots
         out = out + block.residual(block.merged_attend(attn_in, context))
         out = out + block.residual(block.merged_mlp(out))  # on merged tokens, all-padding slots included
     return unpartition(tokens + plan.unmerge(out - merged), size, (h, w))
