@@ -16,6 +16,10 @@ Hugging Face transformers models (:mod:`.hf_architectures`): ``hf_sam_vit_{b,l,h
 ``hf_sam_tiny``, ``hf_sam_hq_tiny``, ``hf_sam2_tiny``, ``hf_sam3_tiny``. Their checkpoint is a
 ``from_pretrained`` folder (``config.json`` and weights), e.g. ``checkpoints/sam-vit-base`` from
 ``huggingface-cli download facebook/sam-vit-base --local-dir checkpoints/sam-vit-base``.
+
+Ultralytics models (:mod:`.ultralytics_architectures`): ``ultralytics_sam_vit_{b,l,h}``,
+``ultralytics_sam2_hiera_{t,s,b+,l}``, ``ultralytics_sam2.1_hiera_{t,s,b+,l}`` and the tiny ``ultralytics_sam_tiny``,
+``ultralytics_sam2_tiny``; checkpoints are Ultralytics' files (``sam_b.pt``, ``sam2.1_t.pt``, ...).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 
 from .architectures import registry_model, sam2_model, sam3_image, tiny_sam, tiny_sam2, tiny_sam3
 from .hf_architectures import hf_pretrained, hf_sam, hf_sam2, hf_sam2_tiny, hf_sam3_tracker
+from .ultralytics_architectures import ultralytics_sam, ultralytics_sam2_tiny, ultralytics_sam_tiny
 
 CHECKPOINT_DIR = Path(os.environ.get("TOMEPLUG_CHECKPOINT_DIR", "checkpoints"))
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -50,6 +55,7 @@ SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
 SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 HQ_URL = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
 HF_HUB = "https://huggingface.co/"
+ULTRALYTICS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0/"
 SAM3_URL = "https://huggingface.co/facebook/sam3/resolve/main/"  # a gated repository: accept its licence first
 
 
@@ -158,6 +164,27 @@ MODELS.update(
         "hf_sam3_tiny": _hf(partial(hf_sam3_tracker, tiny=True), "hf_sam3", None, "Sam3TrackerModel, sam3_tiny's ViT"),
     }
 )
+_UL_HIERA = {"t": "t", "s": "s", "b+": "b", "l": "l"}
+MODELS.update(
+    {
+        **{
+            f"ultralytics_sam_vit_{s}": ModelSpec(
+                partial(ultralytics_sam, f"sam_vit_{s}"), "ultralytics_sam", f"sam_{s}.pt", ULTRALYTICS_URL,
+                "model", f"ultralytics build_sam_vit_{s}",
+            )
+            for s in "blh"
+        },
+        **{
+            f"ultralytics_{v}_hiera_{s}": ModelSpec(
+                partial(ultralytics_sam, f"sam2_{u}"), "ultralytics_sam2", f"{v}_{u}.pt", ULTRALYTICS_URL, "model",
+                f"ultralytics build_sam2_{u}",
+            )
+            for v in ("sam2", "sam2.1") for s, u in _UL_HIERA.items()
+        },
+        "ultralytics_sam_tiny": ModelSpec(ultralytics_sam_tiny, "ultralytics_sam", state_dict_key="model"),
+        "ultralytics_sam2_tiny": ModelSpec(ultralytics_sam2_tiny, "ultralytics_sam2", state_dict_key="model"),
+    }
+)  # fmt: skip
 ALIASES: dict[str, str] = {"vit_b": "sam_vit_b", "vit_l": "sam_vit_l", "vit_h": "sam_vit_h", "tiny": "sam_tiny"}
 
 

@@ -172,7 +172,12 @@ class Sam3Segmenter(Sam2Segmenter):
 
 def make_segmenter(model: nn.Module, family: str, hq_token_only: bool = True) -> Segmenter:
     """The segmenter of a model family: ``"sam"``, ``"hq_sam"``, ``"sam2"``, ``"sam3"`` or a transformers
-    family (``"hf_sam"``, ``"hf_sam_hq"``, ``"hf_sam2"``, ``"hf_sam3"``)."""
+    family (``"hf_sam"``, ``"hf_sam_hq"``, ``"hf_sam2"``, ``"hf_sam3"``) or an Ultralytics one (``"ultralytics_sam"``,
+    ``"ultralytics_sam2"``)."""
+    if family.startswith("ultralytics_"):
+        from .ultralytics_segmenters import UltralyticsSegmenter
+
+        return UltralyticsSegmenter(model, family)
     if family.startswith("hf_"):
         from .hf_segmenters import HFSegmenter
 
