@@ -21,8 +21,9 @@ Method:
 - fidelity: cosine of the patched and dense embeddings of the timed runs (random weights: a smoke check).
 
 ``--model`` is any of the harness's models (``model=`` in ``eval/harness.py``): ``sam_vit_b``, ``sam_vit_l``,
-``sam2.1_hiera_l``, ``sam3`` (its ViT alone, built by sam3's own builder at 1008x1008), ..., or a tiny smoke
-model (``sam_tiny``, ``sam2_tiny``, ``sam3_tiny``). ``--layers`` is ``paper``
+``sam2.1_hiera_l``, ``sam3`` (its ViT alone, built by sam3's own builder at 1008x1008), the transformers and
+Ultralytics models (``hf_sam_vit_l``, ``ultralytics_sam2.1_hiera_l``, ...: their vision / image encoder), or a
+tiny smoke model (``sam_tiny``, ``sam2_tiny``, ``sam3_tiny``, ``hf_sam_tiny``, ...). ``--layers`` is ``paper``
 (the published schedule, default for SAM / HQ-SAM ViT-L: [0, 4, 5, 10, 16, 17, 19, 20, 22, 23], and SAM
 2.1 Hiera-L: [31, 32, 34, 35, 37, 38, 44, 45, 46, 47]), ``vitb`` (default for ViT-B: the paper schedule at
 half depth, floor(i / 2) deduplicated: [0, 2, 5, 8, 9, 10, 11], all four global blocks included),
@@ -70,8 +71,12 @@ DEFAULT_LAYERS = {
     **dict.fromkeys(("sam_vit_l", "hq_sam_vit_l", "sam2.1_hiera_l"), "paper"),
     **dict.fromkeys(("sam_vit_b", "hq_sam_vit_b"), "vitb"),
 }
+DEFAULT_LAYERS |= {
+    f"{package}_{model}": layers for model, layers in DEFAULT_LAYERS.items() for package in ("hf", "ultralytics")
+}
 """``--layers`` default per ``--model`` (``all`` for the others)."""
 SMALL_INPUTS = {"sam_tiny": 256, "hq_sam_tiny": 256, "sam2_tiny": 128, "sam3": 1008, "sam3_tiny": 140}
+SMALL_INPUTS |= {"hf_sam_tiny": 256, "hf_sam_hq_tiny": 256, "hf_sam2_tiny": 128, "hf_sam3": 1008, "hf_sam3_tiny": 140}
 """``--size`` default of the tiny smoke models and SAM 3 (1024 for the others)."""
 SAM3_ENCODERS = {"sam3": lambda: architectures.sam3_image_vit(), "sam3_tiny": architectures.tiny_sam3_vit}
 """SAM 3's image encoder timed here: its ViT alone, built as sam3's builder builds it (no whole model needed)."""
@@ -233,7 +238,8 @@ def main() -> None:
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomWeightsWarning)
-            dense = build_model(args.model).image_encoder
+            model = build_model(args.model)
+        dense = getattr(model, "image_encoder", None) or model.vision_encoder  # transformers: vision_encoder
     layers = parse_layers(args.layers or DEFAULT_LAYERS.get(args.model, "all"), dense)
     patched = copy.deepcopy(dense)
     params = {"r": args.r, "scope": args.scope, **({"exclude_padding": True} if args.exclude_padding else {})}
@@ -255,6 +261,8 @@ def main() -> None:
             out = model(x)
         if isinstance(out, list):  # SAM 3's ViT: a list of (B, C, h, w) maps
             return out[-1]
+        if hasattr(out, "last_hidden_state"):  # transformers' vision encoders: an output dataclass
+            return out.last_hidden_state
         return out["vision_features"] if isinstance(out, dict) else out  # SAM 2's ImageEncoder: a dict
 
     timing = compare(
