@@ -67,13 +67,10 @@ from tomeplug_eval.latency import compare
 from tomeplug_eval.model_catalog import ALIASES, MODELS, RandomWeightsWarning, build_model
 
 VIT_B_SCHEDULE = [0, 2, 5, 8, 9, 10, 11]
-DEFAULT_LAYERS = {
-    **dict.fromkeys(("sam_vit_l", "hq_sam_vit_l", "sam2.1_hiera_l"), "paper"),
-    **dict.fromkeys(("sam_vit_b", "hq_sam_vit_b"), "vitb"),
-}
-DEFAULT_LAYERS |= {
-    f"{package}_{model}": layers for model, layers in DEFAULT_LAYERS.items() for package in ("hf", "ultralytics")
-}
+_PAPER = ["sam_vit_l", "hq_sam_vit_l", "sam2.1_hiera_l", "hf_sam_vit_l", "hf_sam_hq_vit_l", "hf_sam2.1_hiera_l"]
+_PAPER += ["ultralytics_sam_vit_l", "ultralytics_sam2.1_hiera_l"]
+_VITB = ["sam_vit_b", "hq_sam_vit_b", "hf_sam_vit_b", "hf_sam_hq_vit_b", "ultralytics_sam_vit_b"]
+DEFAULT_LAYERS = {**dict.fromkeys(_PAPER, "paper"), **dict.fromkeys(_VITB, "vitb")}
 """``--layers`` default per ``--model`` (``all`` for the others)."""
 SMALL_INPUTS = {"sam_tiny": 256, "hq_sam_tiny": 256, "sam2_tiny": 128, "sam3": 1008, "sam3_tiny": 140}
 SMALL_INPUTS |= {"hf_sam_tiny": 256, "hf_sam_hq_tiny": 256, "hf_sam2_tiny": 128, "hf_sam3": 1008, "hf_sam3_tiny": 140}
