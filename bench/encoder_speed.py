@@ -47,6 +47,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from sdpa_attention import use_sdpa  # bench/, the script's folder
 
 import tomeplug
 import tomeplug.matching
@@ -210,7 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="input side in pixels (default: 1024; sam3 1008; sam_tiny, hq_sam_tiny 256; sam2_tiny 128; sam3_tiny 140)",
     )
-    add("--compile", action="store_true", help="torch.compile both encoders (inductor) before timing")
+    add(
+        "--baseline",
+        choices=["eager", "sdpa", "compile"],
+        default="eager",
+        help="the dense attention both encoders' unmerged blocks run: upstream's (eager), SDPA with SAM's "
+        "relative positions as a mask (sdpa; SAM 2, SAM 3 and transformers' models use SDPA already), or sdpa "
+        "and torch.compile (inductor) of both encoders (compile) (default: %(default)s)",
+    )
     add("--repeats", type=int, default=3, help="timed rounds per encoder, medians reported (default: %(default)s)")
     add("--warmup", type=int, default=1, help="untimed rounds per encoder first (default: %(default)s)")
     add(
@@ -249,8 +257,9 @@ def main() -> None:
     dense, patched = cast(dense, device, dtype), cast(patched, device, dtype)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     x = x.to(device, dtype)
+    sdpa_swapped = use_sdpa(dense) + use_sdpa(patched) if args.baseline != "eager" else 0
     run_dense, run_patched = dense, patched
-    if args.compile:
+    if args.baseline == "compile":
         run_dense, run_patched = torch.compile(dense), torch.compile(patched, fullgraph=True)
 
     def forward(model):
@@ -289,12 +298,13 @@ def main() -> None:
         "flops_bound": bound / merged_g,
         "speedup_over_bound": speedup / (bound / merged_g),
         "merge_overhead": overhead,
+        "sdpa_swapped": sdpa_swapped,
         "instrumented_s": dict(seconds),
         "cosine": fidelity,
     }
     print(json.dumps(result, indent=1))
     print(
-        f"\n{args.model} {args.scope} {args.strategy} r={args.r} blocks {result['layers']}: "
+        f"\n{args.model} {args.scope} {args.strategy} r={args.r} ({args.baseline}) blocks {result['layers']}: "
         f"dense {result['dense_s']:.2f} s, patched {result['patched_s']:.2f} s, speedup {speedup:.3f}x "
         f"(of minima {result['speedup_min']:.3f}x); "
         f"FLOPs {bound:.1f} -> {merged_g:.1f} G, bound {bound / merged_g:.3f}x "
