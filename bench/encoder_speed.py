@@ -19,6 +19,12 @@ Method:
   overhead = (plan + merge + unmerge) / merged blocks' time. Building the merged tokens'
   relative-position bias ("positions") is shown apart: it replaces upstream's own rel-pos work.
 - fidelity: cosine of the patched and dense embeddings of the timed runs (random weights: a smoke check).
+- peak memory: one more forward of each encoder under ``tomeplug_eval.memory.PeakMemory``: the memory the
+  forward adds (CUDA: max allocated; CPU: sampled resident set growth).
+- baselines (``--baseline``): ``eager`` runs upstream's attention in every unmerged block, ``sdpa`` the same
+  attention as one SDPA call (``bench/sdpa_attention.py``; SAM ViT only, the others use SDPA already), and
+  ``compile`` the SDPA form with both encoders under ``torch.compile`` (inductor; the patched one
+  ``fullgraph=True``).
 
 ``--model`` is any of the harness's models (``model=`` in ``eval/harness.py``): ``sam_vit_b``, ``sam_vit_l``,
 ``sam2.1_hiera_l``, ``sam3`` (its ViT alone, built by sam3's own builder at 1008x1008), the transformers and
@@ -65,6 +71,7 @@ from tomeplug_adapters import (
 from tomeplug_eval import architectures
 from tomeplug_eval.flops import count_flops
 from tomeplug_eval.latency import compare
+from tomeplug_eval.memory import PeakMemory
 from tomeplug_eval.model_catalog import ALIASES, MODELS, RandomWeightsWarning, build_model
 
 VIT_B_SCHEDULE = [0, 2, 5, 8, 9, 10, 11]
@@ -278,6 +285,11 @@ def main() -> None:
     )
     last = timing["last"]
     fidelity = F.cosine_similarity(last["dense"].float().flatten(1), last["patched"].float().flatten(1)).min().item()
+    peak_mb = {}
+    for name, model in (("dense", run_dense), ("patched", run_patched)):
+        with PeakMemory(device) as meter:
+            forward(model)
+        peak_mb[name] = meter.peak_mb
     runs = [merge_overhead(patched, handle.schedule, x) for _ in range(args.overhead_runs)]
     seconds = Counter({label: min(run[label] for run in runs) for label in runs[0]})
     overhead = (seconds["plan"] + seconds["merge"] + seconds["unmerge"]) / seconds["blocks"]
@@ -299,6 +311,8 @@ def main() -> None:
         "speedup_over_bound": speedup / (bound / merged_g),
         "merge_overhead": overhead,
         "sdpa_swapped": sdpa_swapped,
+        "dense_peak_mb": peak_mb["dense"],
+        "patched_peak_mb": peak_mb["patched"],
         "instrumented_s": dict(seconds),
         "cosine": fidelity,
     }
@@ -309,7 +323,8 @@ def main() -> None:
         f"(of minima {result['speedup_min']:.3f}x); "
         f"FLOPs {bound:.1f} -> {merged_g:.1f} G, bound {bound / merged_g:.3f}x "
         f"({100 * speedup / (bound / merged_g):.0f}% of it); merge overhead {100 * overhead:.1f}% of merged blocks "
-        f"(positions {100 * seconds['positions'] / seconds['blocks']:.1f}%); cosine {fidelity:.4f}"
+        f"(positions {100 * seconds['positions'] / seconds['blocks']:.1f}%); cosine {fidelity:.4f}; "
+        f"peak memory dense {peak_mb['dense']:.0f} MiB, patched {peak_mb['patched']:.0f} MiB"
     )
     if args.json:
         with args.json.open("a") as out:

@@ -47,3 +47,4 @@ def test_encoder_speed_runs_with_the_sdpa_baseline(tmp_path):
     # both copies: 4 blocks each (span scope swaps blocks, not their attentions, which merged runs bypass)
     assert row["baseline"] == "sdpa" and row["sdpa_swapped"] == 8
     assert row["speedup"] > 0 and row["flops_bound"] > 1 and 0 < row["cosine"] <= 1
+    assert row["dense_peak_mb"] >= 0 and row["patched_peak_mb"] >= 0
