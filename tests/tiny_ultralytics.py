@@ -17,8 +17,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # no update checks, no downloads, no
 os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "tomeplug-tests-ultralytics"))
 
-from torch import nn  # noqa: E402
 from tiny_models import _randomise  # noqa: E402
+from torch import nn  # noqa: E402
 
 from tomeplug_eval.architectures import TINY_SAM3_VIT  # noqa: E402
 
@@ -75,3 +75,35 @@ def tiny_sam3_vit(seed: int = 0, **fields) -> nn.Module:
     from ultralytics.models.sam.sam3.vitdet import ViT
 
     return _randomise(ViT(**{**TINY_SAM3_VIT, "depth": 5, "global_att_blocks": (2, 4), **fields}), seed)
+
+
+def tiny_sam3(seed: int = 0) -> nn.Module:
+    """Ultralytics' interactive ``SAM3Model`` (point and box prompts, ``SAM3Predictor``) from its own builder
+    ``build_interactive_sam3`` with the tiny ViT above in its backbone (the builder's ``ViT`` replaced for the
+    call; memory attention, necks and decoder at their sizes) and an empty checkpoint, random non-trivial
+    weights. Run it through the predictor at ``imgsz=140``."""
+    import torch
+    from ultralytics.models.sam import build_sam3
+
+    vit = build_sam3.ViT
+    build_sam3.ViT = lambda **builder_args: vit(**{**builder_args, **TINY_SAM3_VIT})
+    with tempfile.TemporaryDirectory() as folder:
+        empty = Path(folder) / "empty.pt"
+        torch.save({}, empty)
+        try:
+            model = build_sam3.build_interactive_sam3(str(empty))
+        finally:
+            build_sam3.ViT = vit
+    return _randomise(model, seed)
+
+
+def sam_interface(model: nn.Module, name: str) -> nn.Module:
+    """Ultralytics' ``SAM`` interface around ``model`` (no weights loaded): ``name`` picks the predictor as
+    ``SAM(name)`` does (``sam_b.pt``: SAM, ``sam2_t.pt``: SAM 2, ``sam3.pt``: SAM 3)."""
+    from ultralytics import SAM
+
+    class PrebuiltSAM(SAM):
+        def _load(self, weights: str, task: str | None = None) -> None:
+            self.model = model
+
+    return PrebuiltSAM(name)

@@ -50,9 +50,10 @@ __all__ = ["MergingMultiScaleAttention", "Sam2HieraAdapter", "hiera_trunk", "mer
 SAM2_BASE = "sam2.modeling.sam2_base.SAM2Base"
 IMAGE_ENCODER = "sam2.modeling.backbones.image_encoder.ImageEncoder"
 HIERA = "sam2.modeling.backbones.hieradet.Hiera"
+SAM2_CLASSES = (SAM2_BASE, IMAGE_ENCODER, HIERA)
 
 
-def hiera_trunk(model: nn.Module, classes: tuple[str, str, str] = (SAM2_BASE, IMAGE_ENCODER, HIERA)) -> nn.Module | None:
+def hiera_trunk(model: nn.Module, classes: tuple[str, str, str] = SAM2_CLASSES) -> nn.Module | None:
     """The Hiera trunk of a ``SAM2Base`` (or subclass), an ``ImageEncoder`` or a ``Hiera``; else None.
 
     ``classes``: the class paths of the model, the image encoder and the trunk (another package's copies).
@@ -70,7 +71,7 @@ class Sam2HieraAdapter(Adapter):
 
     name = "sam2_hiera"
     scopes = ("attn", "block", "span")
-    classes: ClassVar[tuple[str, str, str]] = (SAM2_BASE, IMAGE_ENCODER, HIERA)
+    classes: ClassVar[tuple[str, str, str]] = SAM2_CLASSES
     """The class paths of the whole model, its image encoder and the Hiera trunk."""
     presets = (Preset("paper", "SAM 2.1 Hiera-L", 48, (31, 32, 34, 35, 37, 38, 44, 45, 46, 47), PAPER_PARAMS),)
     """PiToMe (NeurIPS 2024) on SAM 2.1 Hiera-L: 10 of 48 blocks, all in the last stages."""
