@@ -161,6 +161,14 @@ def test_each_model_matches_exactly_its_adapter(registry, models):
         assert matched == [adapter], type(model).__name__
 
 
+def test_mobile_sam_is_refused_by_name():
+    """MobileSAM's ``SAMModel`` has a TinyViT encoder, no architecture of these adapters."""
+    from ultralytics.models.sam.build import build_mobile_sam
+
+    with pytest.raises(TypeError, match="no adapter supports ultralytics.models.sam.modules.sam.SAMModel"):
+        tomeplug.patch(build_mobile_sam(), "tome", r=0.5)
+
+
 def test_span_on_a_compiled_vit_is_refused():
     vit = ultra.tiny_sam3_vit()
     vit.forward = lambda x: x  # what compile_mode leaves: a forward in the instance's dict

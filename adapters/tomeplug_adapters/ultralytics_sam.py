@@ -52,7 +52,7 @@ class MergingUltralyticsSamEncoder(MergingSamEncoder):
 
 
 class UltralyticsSamViTAdapter(SamViTAdapter):
-    """Ultralytics' SAMModel or ImageEncoderViT (SAM ViT-B/L/H)"""
+    """Ultralytics' SAMModel with a ViT encoder (SAM ViT-B/L/H; not MobileSAM's TinyViT) or ImageEncoderViT"""
 
     name = "ultralytics_sam_vit"
     model_class = f"{MODULES}.sam.SAMModel"
