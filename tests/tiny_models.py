@@ -206,4 +206,7 @@ TINY_MODELS = {
     "timm_vit": TinyModel("tiny_models:tiny_vit", {}, None, (1, 3, 64, 64)),
     "timm_samvit": TinyModel("tiny_models:tiny_samvit", {}, None, (1, 3, 64, 64)),
     "sam3_vit": TinyModel("tiny_models:tiny_sam3_vit", {}, None, (1, 3, 140, 140)),
+    "ultralytics_sam_vit": TinyModel("tiny_ultralytics:tiny_sam_encoder", {}, None, (1, 3, 256, 256)),
+    "ultralytics_sam2_hiera": TinyModel("tiny_ultralytics:tiny_sam2", {}, "image_encoder", (1, 3, 128, 128)),
+    "ultralytics_sam3_vit": TinyModel("tiny_ultralytics:tiny_sam3_vit", {}, None, (1, 3, 140, 140)),
 }

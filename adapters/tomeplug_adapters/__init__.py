@@ -11,6 +11,11 @@ def tomeplug_register_adapters(register):
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
     from tomeplug_adapters.timm_samvit import TimmSamViTAdapter
     from tomeplug_adapters.timm_vit import TimmViTAdapter
+    from tomeplug_adapters.ultralytics_sam import (
+        UltralyticsSam2HieraAdapter,
+        UltralyticsSam3ViTAdapter,
+        UltralyticsSamViTAdapter,
+    )
 
     register(SamViTAdapter())
     register(HQSamViTAdapter())
@@ -18,3 +23,6 @@ def tomeplug_register_adapters(register):
     register(Sam3ViTAdapter())
     register(TimmViTAdapter())
     register(TimmSamViTAdapter())
+    register(UltralyticsSamViTAdapter())
+    register(UltralyticsSam2HieraAdapter())
+    register(UltralyticsSam3ViTAdapter())

@@ -39,7 +39,9 @@ class SamViTAdapter(Adapter):
     """segment_anything's Sam or ImageEncoderViT (SAM ViT-B/L/H)"""
 
     name = "sam_vit"
-    package = "segment_anything"
+    model_class: ClassVar[str] = "segment_anything.modeling.sam.Sam"
+    """The package's whole model (its ``image_encoder`` is patched)."""
+    encoder_class: ClassVar[str] = "segment_anything.modeling.image_encoder.ImageEncoderViT"
     scopes = ("attn", "block", "span")
     encoder_mixin: ClassVar[type] = MergingSamEncoder
     presets = (Preset("paper", "SAM / HQ-SAM ViT-L", 24, (0, 4, 5, 10, 16, 17, 19, 20, 22, 23), PAPER_PARAMS),)
@@ -47,10 +49,10 @@ class SamViTAdapter(Adapter):
 
     def _encoder(self, model: nn.Module) -> nn.Module | None:
         path = class_path(model)
-        if path == f"{self.package}.modeling.sam.Sam":
+        if path == self.model_class:
             model = model.image_encoder
             path = class_path(model)
-        return model if path == f"{self.package}.modeling.image_encoder.ImageEncoderViT" else None
+        return model if path == self.encoder_class else None
 
     def matches(self, model: nn.Module) -> bool:
         """True for the package's ``Sam`` with a ViT encoder, or the ``ImageEncoderViT`` itself."""
@@ -78,5 +80,6 @@ class HQSamViTAdapter(SamViTAdapter):
     """segment_anything_hq's Sam or ImageEncoderViT (HQ-SAM ViT-B/L/H)"""
 
     name = "hq_sam_vit"
-    package = "segment_anything_hq"
+    model_class = "segment_anything_hq.modeling.sam.Sam"
+    encoder_class = "segment_anything_hq.modeling.image_encoder.ImageEncoderViT"
     encoder_mixin = MergingHQSamEncoder

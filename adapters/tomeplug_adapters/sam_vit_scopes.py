@@ -38,15 +38,17 @@ class MergingSamEncoder(nn.Module):
     """Also return every global block's output (HQ-SAM's encoder does)."""
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, list[Tensor]]:
-        x = self.patch_embed(x)  # (B, H, W, C)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed
+        x = self.add_abs_pos(self.patch_embed(x))  # (B, H, W, C)
         interm = []
         for last, out in run_blocks(self.blocks, self.tomeplug_runs, x):
             if self.blocks[last].window_size == 0:
                 interm.append(out)
         x = self.neck(out.permute(0, 3, 1, 2))
         return (x, interm) if self.returns_interm else x
+
+    def add_abs_pos(self, x: Tensor) -> Tensor:
+        """The patch embeddings (B, H, W, C) plus the absolute positions, as upstream adds them."""
+        return x if self.pos_embed is None else x + self.pos_embed
 
 
 class MergingHQSamEncoder(MergingSamEncoder):
