@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as research
-import tiny_ultralytics as ultra  # sets Ultralytics' offline and settings variables before its import
+import tiny_ultralytics as ultra
 import torch
 from scope_helpers import IdentityConfig
 

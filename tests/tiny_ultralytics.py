@@ -1,26 +1,21 @@
 """Tiny random-weight Ultralytics SAM models, built with Ultralytics' own classes and builders, offline.
 
-Importing this module points Ultralytics at a private settings folder and keeps it offline and quiet
-(``YOLO_OFFLINE``, ``YOLO_VERBOSE``, ``YOLO_CONFIG_DIR``), before anything imports ``ultralytics``.
+tests/conftest.py keeps Ultralytics offline and quiet, with a private settings folder (``YOLO_OFFLINE``,
+``YOLO_VERBOSE``, ``YOLO_CONFIG_DIR``), before any test imports ``ultralytics``.
 The encoders have the dimensions of the research packages' tiny models in ``tiny_models`` so the same
 weights load into both.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from functools import partial
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")  # no update checks, no downloads, no telemetry
-os.environ.setdefault("YOLO_VERBOSE", "False")
-os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "tomeplug-tests-ultralytics"))
+from tiny_models import _randomise
+from torch import nn
 
-from tiny_models import _randomise  # noqa: E402
-from torch import nn  # noqa: E402
-
-from tomeplug_eval.architectures import TINY_SAM3_VIT  # noqa: E402
+from tomeplug_eval.architectures import TINY_SAM3_VIT
 
 
 def tiny_sam_encoder(img_size: int = 256, seed: int = 0, **layout) -> nn.Module:
