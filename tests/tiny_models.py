@@ -206,4 +206,6 @@ TINY_MODELS = {
     "timm_vit": TinyModel("tiny_models:tiny_vit", {}, None, (1, 3, 64, 64)),
     "timm_samvit": TinyModel("tiny_models:tiny_samvit", {}, None, (1, 3, 64, 64)),
     "sam3_vit": TinyModel("tiny_models:tiny_sam3_vit", {}, None, (1, 3, 140, 140)),
+    "hf_sam_vit": TinyModel("tiny_hf_sam:tiny_hf_sam", {"kind": "sam", "part": "vision"}, None, (1, 3, 128, 128)),
+    "hf_sam_hq_vit": TinyModel("tiny_hf_sam:tiny_hf_sam", {"kind": "sam_hq", "part": "vision"}, None, (1, 3, 128, 128)),
 }
