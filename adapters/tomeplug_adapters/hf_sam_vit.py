@@ -18,20 +18,21 @@ map the names:
   ``intermediate_embeddings`` (global layers' outputs) are unmerged, dense-layout maps as upstream's.
 
 Merged layers have no dense attention weights: ``output_attentions`` raises when a layer merges, and so
-does ``output_hidden_states`` where a span runs several layers on one plan (no per-layer map exists).
+does ``output_hidden_states`` where a span runs several layers on one plan (no per-layer map exists; in
+scopes ``attn`` and ``block`` every layer's output is recorded as upstream records it).
 Both ``attn_implementation`` values merge through the same SDPA attention; ``r = 0`` runs upstream's.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import cache
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from tomeplug.adapter import Adapter, class_path, class_paths
+from tomeplug.adapter import class_path, class_paths
 from tomeplug.classswap import is_swapped, swap_class
 from tomeplug.setting import Setting
 from tomeplug_adapters.sam_vit import SamViTAdapter
@@ -114,8 +115,10 @@ def _encode(encoder: MergingHFSamEncoder, pixel_values: Tensor | None = None, **
     """The body of :meth:`MergingHFSamEncoder.forward` (``kwargs``: the output flags, read by the capture)."""
     if pixel_values is None:
         raise ValueError("You have to specify pixel_values")
-    if any(len(run) > 1 for run in encoder.tomeplug_runs):
+    firsts = [encoder.layers[run[0]] for run in encoder.tomeplug_runs if len(run) > 1]  # windowed layers
+    if any(first.tomeplug_setting.num_to_merge(first.window_size**2) for first in firsts):  # never run alone
         refuse_recording("hidden_states")
+        refuse_recording("attentions")
     out, interm = encoder.run_encoder(pixel_values)  # (B, H, W, C)
     output_class = getattr(sys.modules[type(encoder)._tomeplug_base.__module__], encoder.output_class)
     fields = {"intermediate_embeddings": interm} if encoder.returns_interm else {}
@@ -143,40 +146,33 @@ class MergingHFSamHQEncoder(MergingHFSamEncoder):
     returns_interm = True
 
 
-class HFSamViTAdapter(Adapter):
+class HFSamViTAdapter(SamViTAdapter):
     """transformers' SamModel, SamVisionModel or SamVisionEncoder (SAM ViT-B/L/H)"""
 
     name = "hf_sam_vit"
-    module = "transformers.models.sam.modeling_sam"
-    prefix = "Sam"
-    scopes = ("attn", "block", "span")
-    encoder_mixin: ClassVar[type] = MergingHFSamEncoder
-    presets = SamViTAdapter.presets
+    package = "transformers.models.sam.modeling_sam"
+    prefix: ClassVar[str] = "Sam"
+    """Of the package's class names: ``{prefix}Model``, ``{prefix}VisionEncoder``, ..."""
+    encoder_attr = "vision_encoder"
+    blocks_attr = "layers"
+    encoder_mixin = MergingHFSamEncoder
 
-    def _encoder(self, model: nn.Module) -> nn.Module | None:
-        path = class_path(model)
-        if path in {f"{self.module}.{self.prefix}Model", f"{self.module}.{self.prefix}VisionModel"}:
-            model = model.vision_encoder
-            path = class_path(model)
-        return model if path == f"{self.module}.{self.prefix}VisionEncoder" else None
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The whole model and the vision model, both holding ``vision_encoder``."""
+        return f"{self.prefix}Model", f"{self.prefix}VisionModel"
 
-    def matches(self, model: nn.Module) -> bool:
-        """True for the package's model, vision model or vision encoder (by class name)."""
-        return self._encoder(model) is not None
-
-    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
-        """The vision encoder's ``layers``, windowed and global alike."""
-        encoder = self._encoder(model)
-        if encoder is None:
-            raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
-        return list(encoder.layers)
+    @property
+    def encoder_class(self) -> str:
+        """The vision encoder."""
+        return f"{self.prefix}VisionEncoder"
 
     def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap the layer's attention (scope ``attn``) or the layer, naming its attention's parts (``block``,
         ``span``); with any span-scoped layer, also the encoder (its loop runs spans of layers on one plan)."""
         encoder, setting = self._encoder(model), schedule[index]
         layer = encoder.layers[index]
-        attention = f"{self.module}.{self.prefix}VisionAttention"
+        attention = f"{self.package}.{self.prefix}VisionAttention"
         if attention not in class_paths(layer.attn):
             raise TypeError(f"{self.name} adapter supports {attention} (and its SDPA subclass) only; found "
                             f"{class_path(layer.attn)}")  # fmt: skip
@@ -198,6 +194,6 @@ class HFSamHQViTAdapter(HFSamViTAdapter):
     """transformers' SamHQModel, SamHQVisionModel or SamHQVisionEncoder (SAM-HQ ViT-B/L/H)"""
 
     name = "hf_sam_hq_vit"
-    module = "transformers.models.sam_hq.modeling_sam_hq"
+    package = "transformers.models.sam_hq.modeling_sam_hq"
     prefix = "SamHQ"
     encoder_mixin = MergingHFSamHQEncoder
