@@ -56,11 +56,15 @@ def test_whole_model_conforms_with_either_attention(kind, implementation):
     )  # fmt: skip
 
 
+OPTIONS = {"default": {}, "options": {"metric": "keys", "prop_attn": True, "exclude_padding": True}}
+
+
+@pytest.mark.parametrize("options", sorted(OPTIONS))
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @torch.no_grad()
-def test_same_merge_as_segment_anything(kind, implementation, scope):
+def test_same_merge_as_segment_anything(kind, implementation, scope, options):
     """The same weights in segment_anything's (HQ-SAM's) encoder patched with its research adapter: the same
     merged embeddings and, for SAM-HQ, the same unmerged (B, H, W, C) intermediate embeddings."""
     model = tiny_hf_sam(kind, "vision", implementation)
@@ -70,7 +74,7 @@ def test_same_merge_as_segment_anything(kind, implementation, scope):
     dense = model(x)
     expected = reference(x)
     torch.testing.assert_close(dense.last_hidden_state, expected[0] if kind == "sam_hq" else expected)
-    schedule = {"layers": [0, 1, 2, 4], "r": 0.4, "scope": scope}  # a span over (0, 1); 3 and 5 dense
+    schedule = {"layers": [0, 1, 2, 4], "r": 0.4, "scope": scope, **OPTIONS[options]}  # span (0, 1); 3, 5 dense
     with tomeplug.patch(model, "pitome", **schedule), tomeplug.patch(reference, "pitome", **schedule):
         merged, expected = model(x), reference(x)
     if kind == "sam_hq":
@@ -164,3 +168,17 @@ def test_attention_dropout_in_training_raises():
     for scope in SCOPES:
         with tomeplug.patch(model, "tome", r=0.4, scope=scope), pytest.raises(ValueError, match="attention_dropout"):
             model(pixels(1))
+
+
+@torch.no_grad()
+def test_patched_model_pickles(tmp_path):
+    """A patched model saves and loads whole (its swapped classes resolve by name) and merges the same."""
+    model = tiny_hf_sam("sam_hq")
+    inputs = {"pixel_values": pixels(1), "input_boxes": torch.tensor([[[9.0, 9, 99, 99]]])}
+    tomeplug.patch(model, "tome", r=0.4, scope="span")
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(loaded(**inputs).pred_masks, model(**inputs).pred_masks)
+    tomeplug.unpatch(loaded)
+    tomeplug.unpatch(model)
+    assert torch.equal(loaded(**inputs).pred_masks, model(**inputs).pred_masks)

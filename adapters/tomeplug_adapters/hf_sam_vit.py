@@ -40,18 +40,23 @@ from tomeplug_adapters.sam_vit_attention import MergingSamAttention
 from tomeplug_adapters.sam_vit_scopes import MergingSamBlock, MergingSamEncoder
 from tomeplug_adapters.windowed_scopes import patch_encoder_loop
 
+WHY_NOT = {
+    "attentions": "merged layers attend over merged tokens, so no dense attention weights exist",
+    "hidden_states": "a span runs its layers on one plan's merged tokens, so no per-layer map exists "
+    "(scope='block' records one per layer)",
+}
+
 
 def refuse_recording(output: str) -> None:
     """Raise if the transformers forward running now records ``output`` (``"attentions"`` or
-    ``"hidden_states"``), which merged layers cannot give."""
+    ``"hidden_states"``), which the merged layers cannot give (:data:`WHY_NOT`)."""
     from transformers.utils.output_capturing import _active_collector
 
     collected = _active_collector.get()
     if collected and output in collected:
         raise ValueError(
-            f"output_{output}=True: tomeplug's merged layers have no per-layer dense {output} (attention weights "
-            "of merged tokens; a span runs its layers on one plan). Call without it, or unpatch (tomeplug.unpatch) "
-            "or patch with r=0 for the dense model's."
+            f"output_{output}=True on a tomeplug-patched model: {WHY_NOT[output]}. Call without it, or unpatch "
+            "(tomeplug.unpatch) for the dense model's."
         )
 
 
