@@ -86,6 +86,11 @@ def test_same_merge_as_segment_anything(kind, implementation, scope, options):
     assert (merged.last_hidden_state - dense.last_hidden_state).abs().max() > 1e-2
 
 
+def prompt_tensors(inputs: dict) -> dict:
+    """The prompt tensors of processed ``inputs``."""
+    return {k: v for k, v in inputs.items() if k.startswith("input_")}
+
+
 @pytest.mark.parametrize("prompt", sorted(PROMPTS))
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @torch.no_grad()
@@ -108,18 +113,14 @@ def test_processor_and_model_end_to_end(kind, prompt):
         embeddings = model.get_image_embeddings(inputs["pixel_values"])
         if kind == "sam_hq":  # (image embeddings, intermediate embeddings), both reusable by the forward
             assert [t.shape for t in embeddings[1]] == [(1, GRID, GRID, VISION["hidden_size"])] * 2
-            again = model(image_embeddings=embeddings[0], intermediate_embeddings=embeddings[1], **PROMPTS_T(inputs))
+            interm = {"intermediate_embeddings": embeddings[1]}
+            again = model(image_embeddings=embeddings[0], **interm, **prompt_tensors(inputs))
         else:
-            again = model(image_embeddings=embeddings, **PROMPTS_T(inputs))
+            again = model(image_embeddings=embeddings, **prompt_tensors(inputs))
     assert merged.shape == dense.shape and merged_full.shape == dense_full.shape
     assert merged.isfinite().all() and not torch.equal(merged, dense)
     torch.testing.assert_close(again.pred_masks, merged)
     assert torch.equal(masks()[0], dense)  # unpatched
-
-
-def PROMPTS_T(inputs: dict) -> dict:  # noqa: N802
-    """The prompt tensors of processed ``inputs``."""
-    return {k: v for k, v in inputs.items() if k.startswith("input_")}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
