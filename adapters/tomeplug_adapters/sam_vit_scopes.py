@@ -37,12 +37,18 @@ class MergingSamEncoder(nn.Module):
     returns_interm: ClassVar[bool] = False
     """Also return every global block's output (HQ-SAM's encoder does)."""
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, list[Tensor]]:
-        x = self.add_abs_pos(self.patch_embed(x))  # (B, H, W, C)
+    def run_encoder(self, pixels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Patch embedding, positions and the blocks run by run: the (B, H, W, C) map before the neck, and
+        every global block's output (unmerged, dense layout)."""
+        x = self.add_abs_pos(self.patch_embed(pixels))  # (B, H, W, C)
         interm = []
         for last, out in run_blocks(self.blocks, self.tomeplug_runs, x):
             if self.blocks[last].window_size == 0:
                 interm.append(out)
+        return out, interm
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, list[Tensor]]:
+        out, interm = self.run_encoder(x)
         x = self.neck(out.permute(0, 3, 1, 2))
         return (x, interm) if self.returns_interm else x
 

@@ -55,7 +55,7 @@ class UltralyticsSamViTAdapter(SamViTAdapter):
     """Ultralytics' SAMModel with a ViT encoder (SAM ViT-B/L/H; not MobileSAM's TinyViT) or ImageEncoderViT"""
 
     name = "ultralytics_sam_vit"
-    model_class = f"{MODULES}.sam.SAMModel"
+    model_classes = (f"{MODULES}.sam.SAMModel",)
     encoder_class = f"{MODULES}.encoders.ImageEncoderViT"
     encoder_mixin = MergingUltralyticsSamEncoder
 
