@@ -15,7 +15,8 @@ from tiny_models import _randomise
 from torch import nn
 
 IMAGE_SIZE = 128
-HIDDEN = 32  # FPN, prompt encoder, mask decoder and memory width
+HIDDEN = 32  # FPN, prompt encoder and mask decoder width (the video model's: VIDEO_HIDDEN)
+VIDEO_HIDDEN = 128  # more than the memory's 64 channels, which transformers fixes (as SAM 2's 256 over 64)
 HIERA = dict(
     hidden_size=16,
     embed_dim_per_stage=[16, 32, 64, 128],
@@ -32,30 +33,31 @@ def sam2_config(video: bool = False) -> Any:
     """A ``Sam2Config`` (or ``Sam2VideoConfig``) at the tiny sizes above."""
     import transformers as tf
 
+    hidden = VIDEO_HIDDEN if video else HIDDEN
     vision = tf.Sam2VisionConfig(
         backbone_config=tf.Sam2HieraDetConfig(**HIERA),
         backbone_channel_list=HIERA["embed_dim_per_stage"][::-1],
         backbone_feature_sizes=[[IMAGE_SIZE // s] * 2 for s in (4, 8, 16)],
-        fpn_hidden_size=HIDDEN,
+        fpn_hidden_size=hidden,
     )
     parts = dict(
         vision_config=vision,
-        prompt_encoder_config=dict(hidden_size=HIDDEN, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=HIDDEN, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=HIDDEN),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
     )
     if not video:
         return tf.Sam2Config(**parts)
     memory = dict(
         image_size=IMAGE_SIZE,
         num_maskmem=3,
-        memory_attention_hidden_size=HIDDEN,
+        memory_attention_hidden_size=hidden,
         memory_attention_num_layers=1,
         memory_attention_feed_forward_hidden_size=64,
         memory_attention_rope_feat_sizes=[IMAGE_SIZE // 16] * 2,
-        memory_encoder_hidden_size=HIDDEN,
-        memory_encoder_output_channels=16,
-        mask_downsampler_embed_dim=HIDDEN,
-        memory_fuser_embed_dim=HIDDEN,
+        memory_encoder_hidden_size=hidden,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=hidden,
+        memory_fuser_embed_dim=hidden,
         memory_fuser_intermediate_dim=64,
     )
     return tf.Sam2VideoConfig(**parts, **memory)
@@ -74,7 +76,9 @@ def tiny_hf_hiera(attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module
     """The ``Sam2HieraDetModel`` alone, random non-trivial weights (parameters in sam2's Hiera order)."""
     import transformers as tf
 
-    return _randomise(tf.Sam2HieraDetModel._from_config(tf.Sam2HieraDetConfig(**HIERA), attn_implementation=attn_implementation), seed)
+    return _randomise(
+        tf.Sam2HieraDetModel._from_config(tf.Sam2HieraDetConfig(**HIERA), attn_implementation=attn_implementation), seed
+    )
 
 
 def sam2_processor(video: bool = False) -> Any:
