@@ -13,7 +13,7 @@ import pickle
 
 import pytest
 import torch
-from tiny_hf_sam2 import sam2_processor, synthetic_frames, tiny_hf_hiera, tiny_hf_sam2
+from tiny_hf_sam2 import sam2_config, sam2_processor, synthetic_frames, tiny_hf_hiera, tiny_hf_sam2
 from tiny_models import tiny_hiera
 
 import tomeplug
@@ -144,6 +144,24 @@ def test_matches_the_models_holding_one_trunk(registry, reference_hiera):
     assert not adapter.matches(both)
     with pytest.raises(ValueError, match="holds 2 Sam2HieraDetModels; patch each one on its own"):
         adapter.blocks(both)
+
+
+def test_a_sam3_tracker_configured_with_a_sam2_trunk():
+    """transformers' SAM 3 trackers hold whatever vision model their config names (by default SAM 3's ViT,
+    not a Hiera): configured with SAM 2's vision model they hold a Sam2HieraDetModel, which merges."""
+    import transformers as tf
+
+    image_config = sam2_config()
+    parts = {name: getattr(image_config, name) for name in ("prompt_encoder_config", "mask_decoder_config")}
+    model = tf.Sam3TrackerModel._from_config(tf.Sam3TrackerConfig(vision_config=image_config.vision_config, **parts))
+    inputs = dict(
+        pixel_values=IMAGE[:1], input_points=torch.tensor([[[[30.0, 40.0]]]]), input_labels=torch.tensor([[[1]]])
+    )
+    with torch.no_grad():
+        dense = model.eval()(**inputs).pred_masks
+        with tomeplug.patch(model, "tome", r=0.4, scope="span") as handle:
+            merged = model(**inputs).pred_masks
+    assert handle.adapter == "hf_sam2_hiera" and merged.shape == dense.shape and not torch.equal(merged, dense)
 
 
 def test_a_patched_model_pickles():

@@ -22,7 +22,7 @@ merging math is sam2_hiera's, called here with transformers' names mapped onto i
 The adapter matches ``Sam2HieraDetModel`` itself and any transformers model holding exactly one
 (``Sam2Model``, ``Sam2VideoModel``, ``Sam2VisionModel``, a SAM 3 tracker configured with a SAM 2 vision
 model). Proportional attention adds a ``log(size)`` bias, which only the ``eager`` and ``sdpa``
-implementations take; others raise at the forward.
+implementations take: with another (flash or flex attention) a forward with ``prop_attn`` raises.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def hf_hiera(model: nn.Module) -> nn.Module | None:
     """
     if HIERA_DET in class_paths(model):
         return model
-    if not class_path(model).startswith("transformers."):
-        return None
+    if not any(path.startswith("transformers.") for path in class_paths(model)):
+        return None  # not a transformers model (nor a subclass of one)
     found = [module for module in model.modules() if HIERA_DET in class_paths(module)]
     if len(found) > 1:
         raise ValueError(f"{class_path(model)} holds {len(found)} Sam2HieraDetModels; patch each one on its own")
