@@ -7,6 +7,7 @@ from tomeplug.hookspecs import hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
     from tomeplug_adapters.hf_sam_vit import HFSamHQViTAdapter, HFSamViTAdapter
+    from tomeplug_adapters.hf_sam2_hiera import HFSam2HieraAdapter
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
     from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
@@ -29,3 +30,4 @@ def tomeplug_register_adapters(register):
     register(UltralyticsSam3ViTAdapter())
     register(HFSamViTAdapter())
     register(HFSamHQViTAdapter())
+    register(HFSam2HieraAdapter())
