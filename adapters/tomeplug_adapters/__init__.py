@@ -6,8 +6,8 @@ from tomeplug.hookspecs import hookimpl
 @hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
-    from tomeplug_adapters.hf_sam_vit import HFSamHQViTAdapter, HFSamViTAdapter
     from tomeplug_adapters.hf_sam2_hiera import HFSam2HieraAdapter
+    from tomeplug_adapters.hf_sam_vit import HFSamHQViTAdapter, HFSamViTAdapter
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
     from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
