@@ -206,4 +206,5 @@ TINY_MODELS = {
     "timm_vit": TinyModel("tiny_models:tiny_vit", {}, None, (1, 3, 64, 64)),
     "timm_samvit": TinyModel("tiny_models:tiny_samvit", {}, None, (1, 3, 64, 64)),
     "sam3_vit": TinyModel("tiny_models:tiny_sam3_vit", {}, None, (1, 3, 140, 140)),
+    "hf_sam3_vit": TinyModel("tiny_hf_sam3:tiny_hf_sam3_vit", {}, None, (1, 3, 140, 140)),
 }

@@ -6,6 +6,7 @@ from tomeplug.hookspecs import hookimpl
 @hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
+    from tomeplug_adapters.hf_sam3_vit import HFSam3ViTAdapter
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
     from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
@@ -18,3 +19,4 @@ def tomeplug_register_adapters(register):
     register(Sam3ViTAdapter())
     register(TimmViTAdapter())
     register(TimmSamViTAdapter())
+    register(HFSam3ViTAdapter())

@@ -48,13 +48,24 @@ def sam3_vit(model: nn.Module) -> nn.Module | None:
     Raises:
         ValueError: the model holds more than one ViT.
     """
-    if VIT in class_paths(model):
+    return sole_module(model, VIT, "sam3.")
+
+
+def sole_module(model: nn.Module, target: str, package: str) -> nn.Module | None:
+    """``model`` if it is a ``target`` (a class path), else the one ``target`` inside a model of ``package`` (a
+    class-path prefix); None if there is none.
+
+    Raises:
+        ValueError: the model holds more than one.
+    """
+    if target in class_paths(model):
         return model
-    if not class_path(model).startswith("sam3."):
+    if not class_path(model).startswith(package):
         return None
-    found = [module for module in model.modules() if VIT in class_paths(module)]
+    found = [module for module in model.modules() if target in class_paths(module)]
     if len(found) > 1:
-        raise ValueError(f"{class_path(model)} holds {len(found)} sam3 ViTs; patch each ViT (a module) on its own")
+        name = target.rsplit(".", 1)[-1]
+        raise ValueError(f"{class_path(model)} holds {len(found)} {name}s; patch each {name} (a module) on its own")
     return found[0] if found else None
 
 
