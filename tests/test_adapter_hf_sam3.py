@@ -209,63 +209,53 @@ def picture():
     return (np.random.default_rng(0).random((150, 120, 3)) * 255).astype(np.uint8)
 
 
-def test_sam3_model_end_to_end_with_its_processor(eager_roi_align, picture):
-    """Sam3Processor (its image processor and a CLIP tokenizer built offline) and Sam3Model's forward: box and
-    text prompts on a span-patched model give instance masks; r = 0 and unpatch give upstream's."""
-    from transformers import Sam3ImageProcessor, Sam3Processor
-
-    model = tiny_hf_sam3()
-    processor = Sam3Processor(Sam3ImageProcessor(size={"height": 140, "width": 140}), tiny_clip_tokenizer())
-    prompts = {
-        "box": dict(input_boxes=[[[10, 20, 90, 110]]], input_boxes_labels=[[1]]),
-        "text": dict(text="a cat"),
-    }
+def segment_with_prompts(model, processor, picture, prompts, scope, postprocess):
+    """Each prompt through the processor and the model: r = 0 gives upstream's masks bit for bit; r = 0.5 masks of
+    the same shape, finite and different, which ``postprocess(outputs, inputs)`` turns into image-sized masks;
+    unpatching restores upstream's."""
     for name, prompt in prompts.items():
         inputs = processor(images=picture, return_tensors="pt", **prompt)
+        with torch.no_grad():
+            reference = model(**inputs).pred_masks
+            with tomeplug.patch(model, "tome", r=0.0, scope=scope):
+                assert torch.equal(model(**inputs).pred_masks, reference), name
+            with tomeplug.patch(model, "tome", r=0.5, scope=scope) as handle:
+                assert handle.adapter == "hf_sam3_vit"
+                merged = model(**inputs)
+            assert merged.pred_masks.shape == reference.shape and torch.isfinite(merged.pred_masks).all(), name
+            assert not torch.allclose(merged.pred_masks, reference), name
+            postprocess(merged, inputs)
+            assert torch.equal(model(**inputs).pred_masks, reference), name
 
-        def segment():
-            with torch.no_grad():
-                return model(**inputs)
 
-        reference = segment()
-        with tomeplug.patch(model, "tome", r=0.0, scope="span"):
-            assert torch.equal(segment().pred_masks, reference.pred_masks), name
-        with tomeplug.patch(model, "tome", r=0.5, scope="span") as handle:
-            assert handle.adapter == "hf_sam3_vit"
-            merged = segment()
-        assert merged.pred_masks.shape == reference.pred_masks.shape and torch.isfinite(merged.pred_masks).all()
-        assert not torch.allclose(merged.pred_masks, reference.pred_masks), name
+def test_sam3_model_end_to_end_with_its_processor(eager_roi_align, picture):
+    """Sam3Processor (its image processor and a CLIP tokenizer built offline) and Sam3Model's forward: box and
+    text prompts on a span-patched model give instance masks."""
+    from transformers import Sam3ImageProcessor, Sam3Processor
+
+    processor = Sam3Processor(Sam3ImageProcessor(size={"height": 140, "width": 140}), tiny_clip_tokenizer())
+
+    def instances(outputs, inputs):
         sizes = inputs["original_sizes"].tolist()
-        result = processor.post_process_instance_segmentation(merged, threshold=0.0, target_sizes=sizes)[0]
-        assert result["masks"].shape[1:] == (150, 120) and result["masks"].shape[0] == result["boxes"].shape[0] > 0
-        assert torch.equal(segment().pred_masks, reference.pred_masks), name
+        found = processor.post_process_instance_segmentation(outputs, threshold=0.0, target_sizes=sizes)[0]
+        assert found["masks"].shape[1:] == (150, 120) and found["masks"].shape[0] == found["boxes"].shape[0] > 0
+
+    prompts = {"box": dict(input_boxes=[[[10, 20, 90, 110]]], input_boxes_labels=[[1]]), "text": dict(text="a cat")}
+    segment_with_prompts(tiny_hf_sam3(), processor, picture, prompts, "span", instances)
 
 
 def test_sam3_tracker_end_to_end_with_its_processor(picture):
     """Sam3TrackerProcessor and Sam3TrackerModel (SAM 1 style point and box prompts) on a block-patched model."""
     from transformers import Sam3ImageProcessor, Sam3TrackerProcessor
 
-    model = tiny_hf_sam3_tracker()
     processor = Sam3TrackerProcessor(Sam3ImageProcessor(size={"height": 140, "width": 140}))
+
+    def masks(outputs, inputs):
+        found = processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"])[0]
+        assert found.shape == (1, 3, 150, 120) and found.dtype == torch.bool
+
     prompts = {
         "points": dict(input_points=[[[[60, 70], [30, 40]]]], input_labels=[[[1, 0]]]),
         "box": dict(input_boxes=[[[10, 20, 90, 110]]]),
     }
-    for name, prompt in prompts.items():
-        inputs = processor(images=picture, return_tensors="pt", **prompt)
-
-        def segment():
-            with torch.no_grad():
-                return model(**inputs)
-
-        reference = segment()
-        with tomeplug.patch(model, "tome", r=0.0, scope="block"):
-            assert torch.equal(segment().pred_masks, reference.pred_masks), name
-        with tomeplug.patch(model, "tome", r=0.5, scope="block") as handle:
-            assert handle.adapter == "hf_sam3_vit"
-            merged = segment()
-        assert merged.pred_masks.shape == reference.pred_masks.shape and torch.isfinite(merged.pred_masks).all()
-        assert not torch.allclose(merged.pred_masks, reference.pred_masks), name
-        masks = processor.post_process_masks(merged.pred_masks, inputs["original_sizes"])
-        assert masks[0].shape[-2:] == (150, 120) and masks[0].dtype == torch.bool
-        assert torch.equal(segment().pred_masks, reference.pred_masks), name
+    segment_with_prompts(tiny_hf_sam3_tracker(), processor, picture, prompts, "block", masks)

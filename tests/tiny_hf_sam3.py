@@ -48,9 +48,7 @@ def small(**fields: Any) -> dict[str, Any]:
 def finish(model: nn.Module, attn_implementation: str, seed: int) -> nn.Module:
     """The model in eval mode with its ViT's weights random and non-trivial, all parts on one attention."""
     model.set_attn_implementation(attn_implementation)
-    _randomise(
-        model.get_submodule(next(n for n, m in model.named_modules() if type(m).__name__ == "Sam3ViTModel")), seed
-    )
+    _randomise(next(m for m in model.modules() if type(m).__name__ == "Sam3ViTModel"), seed)
     return model.eval()
 
 
