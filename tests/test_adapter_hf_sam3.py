@@ -19,7 +19,14 @@ import tomeplug
 
 pytest.importorskip("transformers")
 
-from tiny_hf_sam3 import tiny_clip_tokenizer, tiny_hf_sam3, tiny_hf_sam3_tracker, tiny_hf_sam3_vit  # noqa: E402
+from tiny_hf_sam3 import (  # noqa: E402
+    tiny_clip_tokenizer,
+    tiny_hf_sam3,
+    tiny_hf_sam3_tracker,
+    tiny_hf_sam3_tracker_video,
+    tiny_hf_sam3_video,
+    tiny_hf_sam3_vit,
+)
 
 from tomeplug.testing import check_adapter  # noqa: E402
 from tomeplug_adapters.hf_sam3_vit import hf_sam3_vit, rope_table  # noqa: E402
@@ -43,8 +50,12 @@ def image():
 def test_matches_the_vit_and_every_sam3_model_holding_one(registry):
     from torch import nn
 
-    for model in (tiny_hf_sam3_vit(), tiny_hf_sam3(), tiny_hf_sam3().vision_encoder, tiny_hf_sam3_tracker()):
+    sam3 = tiny_hf_sam3()
+    models = [tiny_hf_sam3_vit(), sam3, sam3.vision_encoder, tiny_hf_sam3_tracker(), tiny_hf_sam3_tracker_video()]
+    video = tiny_hf_sam3_video()  # the detector's ViT (its tracker has none)
+    for model in [*models, video]:
         assert registry.adapter_for(model).name == "hf_sam3_vit", type(model).__name__
+    assert hf_sam3_vit(video) is video.detector_model.vision_encoder.backbone
     adapter = registry.adapters["hf_sam3_vit"].obj
     assert not adapter.matches(nn.Linear(2, 2))
     model = tiny_hf_sam3()
@@ -259,3 +270,34 @@ def test_sam3_tracker_end_to_end_with_its_processor(picture):
         "box": dict(input_boxes=[[[10, 20, 90, 110]]]),
     }
     segment_with_prompts(tiny_hf_sam3_tracker(), processor, picture, prompts, "block", masks)
+
+
+def test_sam3_tracker_video_propagates_a_point_prompt_on_a_patched_model(picture):
+    """Sam3TrackerVideoProcessor's video session and Sam3TrackerVideoModel: a point on frame 0 propagated through
+    three frames, span-patched: masks for every frame, as upstream's at r = 0 and after unpatching."""
+    from transformers import Sam2VideoVideoProcessor, Sam3ImageProcessor, Sam3TrackerVideoProcessor
+
+    model = tiny_hf_sam3_tracker_video()
+    size = {"height": 140, "width": 140}
+    processor = Sam3TrackerVideoProcessor(Sam3ImageProcessor(size=size), Sam2VideoVideoProcessor(size=size))
+    video = (np.random.default_rng(1).random((3, 150, 120, 3)) * 255).astype(np.uint8)
+
+    def track():
+        session = processor.init_video_session(video=video, inference_device="cpu")
+        processor.add_inputs_to_inference_session(
+            inference_session=session, frame_idx=0, obj_ids=1, input_points=[[[[60, 70]]]], input_labels=[[[1]]]
+        )
+        with torch.no_grad():
+            model(inference_session=session, frame_idx=0)
+            return torch.stack([out.pred_masks for out in model.propagate_in_video_iterator(session)])
+
+    reference = track()
+    assert reference.shape[0] == 3
+    with tomeplug.patch(model, "tome", r=0.0, scope="span"):
+        assert torch.equal(track(), reference)
+    with tomeplug.patch(model, "tome", r=0.5, scope="span"):
+        merged = track()
+    assert merged.shape == reference.shape and torch.isfinite(merged).all() and not torch.allclose(merged, reference)
+    masks = processor.post_process_masks([merged[-1]], original_sizes=[[150, 120]])[0]
+    assert masks.shape[-2:] == (150, 120) and masks.dtype == torch.bool
+    assert torch.equal(track(), reference)

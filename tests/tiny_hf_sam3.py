@@ -101,3 +101,36 @@ def tiny_hf_sam3_tracker(attn_implementation: str = "sdpa", seed: int = 0) -> nn
         mask_decoder_config=dict(hidden_size=32, num_attention_heads=2, mlp_dim=64, iou_head_hidden_dim=32),
     )
     return finish(Sam3TrackerModel(config), attn_implementation, seed)
+
+
+def tracker_video_config(attn_implementation: str = "sdpa"):
+    """A ``Sam3TrackerVideoConfig`` with the tiny ViT (its FPN at the tracker's default width 256, which its memory
+    parts need) and one memory-attention layer over the 10x10 grid; other parts at their default sizes."""
+    from transformers import Sam3TrackerVideoConfig
+
+    vision = {**vision_config(attn_implementation), "fpn_hidden_size": 256}
+    return Sam3TrackerVideoConfig(
+        vision_config=vision,
+        image_size=SIZE,  # else the config resets the ViT's to 1008
+        prompt_encoder_config=dict(image_size=SIZE, patch_size=TINY_VIT["patch_size"]),
+        memory_attention_rope_feat_sizes=[SIZE // TINY_VIT["patch_size"]] * 2,
+        memory_attention_num_layers=1,
+    )
+
+
+def tiny_hf_sam3_tracker_video(attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
+    """transformers' ``Sam3TrackerVideoModel`` (point prompts propagated through a video) at tiny sizes."""
+    from transformers import Sam3TrackerVideoModel
+
+    torch.manual_seed(seed)
+    return finish(Sam3TrackerVideoModel(tracker_video_config(attn_implementation)), attn_implementation, seed)
+
+
+def tiny_hf_sam3_video(attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
+    """transformers' ``Sam3VideoModel``: the tiny detector (:func:`tiny_hf_sam3`) and a tracker without a ViT."""
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    torch.manual_seed(seed)
+    detector = tiny_hf_sam3(attn_implementation, seed).config
+    config = Sam3VideoConfig(detector_config=detector, tracker_config=tracker_video_config(attn_implementation))
+    return finish(Sam3VideoModel(config), attn_implementation, seed)
