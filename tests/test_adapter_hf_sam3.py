@@ -171,6 +171,28 @@ def test_attention_sees_the_merged_token_count(scope, image):
         assert seen[index][:2] == (2, 50), index
 
 
+@pytest.mark.parametrize("scope", SCOPES)
+def test_bf16_autocast(scope, image):
+    vit = tiny_hf_sam3_vit()
+    tomeplug.patch(vit, "tome", r=0.5, scope=scope)
+    dtypes = []
+    vit.layers[0].attention.o_proj.register_forward_hook(lambda m, args, out: dtypes.append(args[0].dtype))
+    merged = encode(vit, image)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = encode(vit, image)
+    assert dtypes[-1] == torch.bfloat16 and torch.isfinite(low).all()
+    assert torch.nn.functional.cosine_similarity(low.float().flatten(), merged.flatten(), dim=0) > 0.98
+
+
+def test_fullgraph_compile_of_the_span_loop_matches_eager(image):
+    """The swapped ViT loop, its output capture, the layers on merged tokens and the RoPE gathers compile whole."""
+    vit = tiny_hf_sam3_vit()
+    tomeplug.patch(vit, "tome", r=0.5, scope="span")
+    expected = encode(vit, image)
+    compiled = torch.compile(vit, fullgraph=True, backend="aot_eager", dynamic=False)
+    torch.testing.assert_close(encode(compiled, image), expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("scope", ["attn", "block"])
 def test_hidden_states_in_attn_and_block_scope(scope, image):
     vit = tiny_hf_sam3_vit("eager")
