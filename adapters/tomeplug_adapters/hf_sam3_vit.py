@@ -74,7 +74,11 @@ def rope_table(position_embeddings: tuple[Tensor, Tensor], n: int) -> Tensor:
 
 
 def merged_context(
-    position_embeddings: tuple[Tensor, Tensor], plan: MergePlan, grid: tuple[int, int], setting: Setting, dtype
+    position_embeddings: tuple[Tensor, Tensor],
+    plan: MergePlan,
+    grid: tuple[int, int],
+    setting: Setting,
+    dtype: torch.dtype,
 ) -> MergedRope:
     """The merged tokens' RoPE rotations (at their kept cells) and positions, once per plan."""
     rotations = kept_rotations(rope_table(position_embeddings, grid[0] * grid[1]), plan.kept)
