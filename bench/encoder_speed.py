@@ -19,10 +19,17 @@ Method:
   overhead = (plan + merge + unmerge) / merged blocks' time. Building the merged tokens'
   relative-position bias ("positions") is shown apart: it replaces upstream's own rel-pos work.
 - fidelity: cosine of the patched and dense embeddings of the timed runs (random weights: a smoke check).
+- peak memory: one more forward of each encoder under ``tomeplug_eval.memory.PeakMemory``: the memory the
+  forward adds (CUDA: max allocated; CPU: sampled resident set growth).
+- baselines (``--baseline``): ``eager`` runs upstream's attention in every unmerged block, ``sdpa`` the same
+  attention as one SDPA call (``bench/sdpa_attention.py``; SAM ViT only, the others use SDPA already), and
+  ``compile`` the SDPA form with both encoders under ``torch.compile`` (inductor; the patched one
+  ``fullgraph=True``).
 
 ``--model`` is any of the harness's models (``model=`` in ``eval/harness.py``): ``sam_vit_b``, ``sam_vit_l``,
-``sam2.1_hiera_l``, ``sam3`` (its ViT alone, built by sam3's own builder at 1008x1008), ..., or a tiny smoke
-model (``sam_tiny``, ``sam2_tiny``, ``sam3_tiny``). ``--layers`` is ``paper``
+``sam2.1_hiera_l``, ``sam3`` (its ViT alone, built by sam3's own builder at 1008x1008), the transformers and
+Ultralytics models (``hf_sam_vit_l``, ``ultralytics_sam2.1_hiera_l``, ...: their vision / image encoder), or a
+tiny smoke model (``sam_tiny``, ``sam2_tiny``, ``sam3_tiny``, ``hf_sam_tiny``, ...). ``--layers`` is ``paper``
 (the published schedule, default for SAM / HQ-SAM ViT-L: [0, 4, 5, 10, 16, 17, 19, 20, 22, 23], and SAM
 2.1 Hiera-L: [31, 32, 34, 35, 37, 38, 44, 45, 46, 47]), ``vitb`` (default for ViT-B: the paper schedule at
 half depth, floor(i / 2) deduplicated: [0, 2, 5, 8, 9, 10, 11], all four global blocks included),
@@ -46,6 +53,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from sdpa_attention import use_sdpa  # bench/, the script's folder
 
 import tomeplug
 import tomeplug.matching
@@ -63,15 +71,17 @@ from tomeplug_adapters import (
 from tomeplug_eval import architectures
 from tomeplug_eval.flops import count_flops
 from tomeplug_eval.latency import compare
+from tomeplug_eval.memory import PeakMemory
 from tomeplug_eval.model_catalog import ALIASES, MODELS, RandomWeightsWarning, build_model
 
 VIT_B_SCHEDULE = [0, 2, 5, 8, 9, 10, 11]
-DEFAULT_LAYERS = {
-    **dict.fromkeys(("sam_vit_l", "hq_sam_vit_l", "sam2.1_hiera_l"), "paper"),
-    **dict.fromkeys(("sam_vit_b", "hq_sam_vit_b"), "vitb"),
-}
+_PAPER = ["sam_vit_l", "hq_sam_vit_l", "sam2.1_hiera_l", "hf_sam_vit_l", "hf_sam_hq_vit_l", "hf_sam2.1_hiera_l"]
+_PAPER += ["ultralytics_sam_vit_l", "ultralytics_sam2.1_hiera_l"]
+_VITB = ["sam_vit_b", "hq_sam_vit_b", "hf_sam_vit_b", "hf_sam_hq_vit_b", "ultralytics_sam_vit_b"]
+DEFAULT_LAYERS = {**dict.fromkeys(_PAPER, "paper"), **dict.fromkeys(_VITB, "vitb")}
 """``--layers`` default per ``--model`` (``all`` for the others)."""
 SMALL_INPUTS = {"sam_tiny": 256, "hq_sam_tiny": 256, "sam2_tiny": 128, "sam3": 1008, "sam3_tiny": 140}
+SMALL_INPUTS |= {"hf_sam_tiny": 256, "hf_sam_hq_tiny": 256, "hf_sam2_tiny": 128, "hf_sam3": 1008, "hf_sam3_tiny": 140}
 """``--size`` default of the tiny smoke models and SAM 3 (1024 for the others)."""
 SAM3_ENCODERS = {"sam3": lambda: architectures.sam3_image_vit(), "sam3_tiny": architectures.tiny_sam3_vit}
 """SAM 3's image encoder timed here: its ViT alone, built as sam3's builder builds it (no whole model needed)."""
@@ -208,7 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="input side in pixels (default: 1024; sam3 1008; sam_tiny, hq_sam_tiny 256; sam2_tiny 128; sam3_tiny 140)",
     )
-    add("--compile", action="store_true", help="torch.compile both encoders (inductor) before timing")
+    add(
+        "--baseline",
+        choices=["eager", "sdpa", "compile"],
+        default="eager",
+        help="the dense attention both encoders' unmerged blocks run: upstream's (eager), SDPA with SAM's "
+        "relative positions as a mask (sdpa; SAM 2, SAM 3 and transformers' models use SDPA already), or sdpa "
+        "and torch.compile (inductor) of both encoders (compile) (default: %(default)s)",
+    )
     add("--repeats", type=int, default=3, help="timed rounds per encoder, medians reported (default: %(default)s)")
     add("--warmup", type=int, default=1, help="untimed rounds per encoder first (default: %(default)s)")
     add(
@@ -233,7 +250,8 @@ def main() -> None:
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomWeightsWarning)
-            dense = build_model(args.model).image_encoder
+            model = build_model(args.model)
+        dense = getattr(model, "image_encoder", None) or model.vision_encoder  # transformers: vision_encoder
     layers = parse_layers(args.layers or DEFAULT_LAYERS.get(args.model, "all"), dense)
     patched = copy.deepcopy(dense)
     params = {"r": args.r, "scope": args.scope, **({"exclude_padding": True} if args.exclude_padding else {})}
@@ -246,8 +264,9 @@ def main() -> None:
     dense, patched = cast(dense, device, dtype), cast(patched, device, dtype)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     x = x.to(device, dtype)
+    sdpa_swapped = use_sdpa(dense) + use_sdpa(patched) if args.baseline != "eager" else 0
     run_dense, run_patched = dense, patched
-    if args.compile:
+    if args.baseline == "compile":
         run_dense, run_patched = torch.compile(dense), torch.compile(patched, fullgraph=True)
 
     def forward(model):
@@ -255,6 +274,8 @@ def main() -> None:
             out = model(x)
         if isinstance(out, list):  # SAM 3's ViT: a list of (B, C, h, w) maps
             return out[-1]
+        if hasattr(out, "last_hidden_state"):  # transformers' vision encoders: an output dataclass
+            return out.last_hidden_state
         return out["vision_features"] if isinstance(out, dict) else out  # SAM 2's ImageEncoder: a dict
 
     timing = compare(
@@ -264,6 +285,11 @@ def main() -> None:
     )
     last = timing["last"]
     fidelity = F.cosine_similarity(last["dense"].float().flatten(1), last["patched"].float().flatten(1)).min().item()
+    peak_mb = {}
+    for name, model in (("dense", run_dense), ("patched", run_patched)):
+        with PeakMemory(device) as meter:
+            forward(model)
+        peak_mb[name] = meter.peak_mb
     runs = [merge_overhead(patched, handle.schedule, x) for _ in range(args.overhead_runs)]
     seconds = Counter({label: min(run[label] for run in runs) for label in runs[0]})
     overhead = (seconds["plan"] + seconds["merge"] + seconds["unmerge"]) / seconds["blocks"]
@@ -284,17 +310,21 @@ def main() -> None:
         "flops_bound": bound / merged_g,
         "speedup_over_bound": speedup / (bound / merged_g),
         "merge_overhead": overhead,
+        "sdpa_swapped": sdpa_swapped,
+        "dense_peak_mb": peak_mb["dense"],
+        "patched_peak_mb": peak_mb["patched"],
         "instrumented_s": dict(seconds),
         "cosine": fidelity,
     }
     print(json.dumps(result, indent=1))
     print(
-        f"\n{args.model} {args.scope} {args.strategy} r={args.r} blocks {result['layers']}: "
+        f"\n{args.model} {args.scope} {args.strategy} r={args.r} ({args.baseline}) blocks {result['layers']}: "
         f"dense {result['dense_s']:.2f} s, patched {result['patched_s']:.2f} s, speedup {speedup:.3f}x "
         f"(of minima {result['speedup_min']:.3f}x); "
         f"FLOPs {bound:.1f} -> {merged_g:.1f} G, bound {bound / merged_g:.3f}x "
         f"({100 * speedup / (bound / merged_g):.0f}% of it); merge overhead {100 * overhead:.1f}% of merged blocks "
-        f"(positions {100 * seconds['positions'] / seconds['blocks']:.1f}%); cosine {fidelity:.4f}"
+        f"(positions {100 * seconds['positions'] / seconds['blocks']:.1f}%); cosine {fidelity:.4f}; "
+        f"peak memory dense {peak_mb['dense']:.0f} MiB, patched {peak_mb['patched']:.0f} MiB"
     )
     if args.json:
         with args.json.open("a") as out:

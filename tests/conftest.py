@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD", "1")  # tests register plugins explicitly
+# Ultralytics, wherever a test imports it first: offline (no update checks, downloads, telemetry), quiet, and
+# with its settings file in a private folder rather than the user's
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "tomeplug-tests-ultralytics"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -107,3 +107,13 @@ def test_cli_lists_installed_plugins_with_distribution():
     assert f"from tomeplug {tomeplug.__version__}" in done.stdout
     help_text = subprocess.run([sys.executable, "-m", "tomeplug", "--help"], capture_output=True, text=True).stdout
     assert "list" in help_text
+
+
+def test_listing_aligns_every_name_in_one_column(registry):
+    """The longest adapter name (``ultralytics_sam2_hiera``) does not push its description out of the column."""
+    listing = format_listing(registry).splitlines()
+    rows = [line for line in listing if line.startswith("  ") and not line.startswith("   ")]
+    columns = {len(line) - len(line[2:].split(" ", 1)[1].lstrip()) for line in rows}  # where the text starts
+    width = max(map(len, [*registry.strategies, *registry.adapters]))
+    assert columns == {2 + width + 1}
+    assert {len(line) - len(line.lstrip()) for line in listing if "registered by" in line} == {2 + width + 1}

@@ -206,5 +206,11 @@ TINY_MODELS = {
     "timm_vit": TinyModel("tiny_models:tiny_vit", {}, None, (1, 3, 64, 64)),
     "timm_samvit": TinyModel("tiny_models:tiny_samvit", {}, None, (1, 3, 64, 64)),
     "sam3_vit": TinyModel("tiny_models:tiny_sam3_vit", {}, None, (1, 3, 140, 140)),
+    "ultralytics_sam_vit": TinyModel("tiny_ultralytics:tiny_sam_encoder", {}, None, (1, 3, 256, 256)),
+    "ultralytics_sam2_hiera": TinyModel("tiny_ultralytics:tiny_sam2", {}, "image_encoder", (1, 3, 128, 128)),
+    "ultralytics_sam3_vit": TinyModel("tiny_ultralytics:tiny_sam3_vit", {}, None, (1, 3, 140, 140)),
+    "hf_sam_vit": TinyModel("tiny_hf_sam:tiny_hf_sam", {"kind": "sam", "part": "vision"}, None, (1, 3, 128, 128)),
+    "hf_sam_hq_vit": TinyModel("tiny_hf_sam:tiny_hf_sam", {"kind": "sam_hq", "part": "vision"}, None, (1, 3, 128, 128)),
+    "hf_sam2_hiera": TinyModel("tiny_hf_sam2:tiny_hf_sam2", {}, "vision_encoder", (1, 3, 128, 128)),
     "hf_sam3_vit": TinyModel("tiny_hf_sam3:tiny_hf_sam3_vit", {}, None, (1, 3, 140, 140)),
 }

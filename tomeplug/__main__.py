@@ -25,15 +25,16 @@ def _by_name(entries: dict[str, Entry]) -> list[tuple[str, Entry]]:
 
 def format_listing(registry: Registry) -> str:
     """The text of ``python -m tomeplug list`` for ``registry``."""
+    width = max(map(len, [*registry.strategies, *registry.adapters]), default=0)  # one column for all names
     lines = ["strategies:"]
     for name, entry in _by_name(registry.strategies):
         cls = entry.obj
-        lines.append(f"  {name:<14} {_defaults(cls)}  (max r {cls.max_r})")
-        lines.append(f"  {'':<14} registered by {entry.origin}")
+        lines.append(f"  {name:<{width}} {_defaults(cls)}  (max r {cls.max_r})")
+        lines.append(f"  {'':<{width}} registered by {entry.origin}")
     lines.append("adapters:")
     for name, entry in _by_name(registry.adapters):
-        lines.append(f"  {name:<14} {entry.obj.describe()}")
-        lines.append(f"  {'':<14} registered by {entry.origin}")
+        lines.append(f"  {name:<{width}} {entry.obj.describe()}")
+        lines.append(f"  {'':<{width}} registered by {entry.origin}")
     if registry.conflicts:
         lines.append("name conflicts (each plugin's entry is listed above by its qualified name):")
         lines.extend(f"  {conflict}" for conflict in registry.conflicts)

@@ -6,12 +6,19 @@ from tomeplug.hookspecs import hookimpl
 @hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
+    from tomeplug_adapters.hf_sam2_hiera import HFSam2HieraAdapter
     from tomeplug_adapters.hf_sam3_vit import HFSam3ViTAdapter
+    from tomeplug_adapters.hf_sam_vit import HFSamHQViTAdapter, HFSamViTAdapter
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
     from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
     from tomeplug_adapters.timm_samvit import TimmSamViTAdapter
     from tomeplug_adapters.timm_vit import TimmViTAdapter
+    from tomeplug_adapters.ultralytics_sam import (
+        UltralyticsSam2HieraAdapter,
+        UltralyticsSam3ViTAdapter,
+        UltralyticsSamViTAdapter,
+    )
 
     register(SamViTAdapter())
     register(HQSamViTAdapter())
@@ -19,4 +26,10 @@ def tomeplug_register_adapters(register):
     register(Sam3ViTAdapter())
     register(TimmViTAdapter())
     register(TimmSamViTAdapter())
+    register(UltralyticsSamViTAdapter())
+    register(UltralyticsSam2HieraAdapter())
+    register(UltralyticsSam3ViTAdapter())
+    register(HFSamViTAdapter())
+    register(HFSamHQViTAdapter())
+    register(HFSam2HieraAdapter())
     register(HFSam3ViTAdapter())

@@ -41,7 +41,7 @@ from tomeplug.classswap import swap_class
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
 from tomeplug.setting import Setting
-from tomeplug_adapters.sam3_vit import sole_module
+from tomeplug_adapters.sam3_vit import sam3_vit
 from tomeplug_adapters.sam3_vit_attention import MergedRope, attend, kept_rotations
 from tomeplug_adapters.sam_vit_attention import plan_positions
 from tomeplug_adapters.windowed_scopes import MergingWindowedBlock, patch_encoder_loop, run_blocks, run_merged
@@ -57,7 +57,7 @@ def hf_sam3_vit(model: nn.Module) -> nn.Module | None:
     Raises:
         ValueError: the model holds more than one.
     """
-    return sole_module(model, VIT, "transformers.models.sam3")
+    return sam3_vit(model, VIT, "transformers.models.sam3")
 
 
 def rope_table(position_embeddings: tuple[Tensor, Tensor], n: int) -> Tensor:

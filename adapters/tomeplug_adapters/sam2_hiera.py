@@ -33,6 +33,7 @@ The block crops their output rows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 from torch import nn
 
@@ -49,15 +50,20 @@ __all__ = ["MergingMultiScaleAttention", "Sam2HieraAdapter", "hiera_trunk", "mer
 SAM2_BASE = "sam2.modeling.sam2_base.SAM2Base"
 IMAGE_ENCODER = "sam2.modeling.backbones.image_encoder.ImageEncoder"
 HIERA = "sam2.modeling.backbones.hieradet.Hiera"
+SAM2_CLASSES = (SAM2_BASE, IMAGE_ENCODER, HIERA)
 
 
-def hiera_trunk(model: nn.Module) -> nn.Module | None:
-    """The Hiera trunk of a ``SAM2Base`` (or subclass), an ``ImageEncoder`` or a ``Hiera``; else None."""
-    if SAM2_BASE in class_paths(model):
+def hiera_trunk(model: nn.Module, classes: tuple[str, str, str] = SAM2_CLASSES) -> nn.Module | None:
+    """The Hiera trunk of a ``SAM2Base`` (or subclass), an ``ImageEncoder`` or a ``Hiera``; else None.
+
+    ``classes``: the class paths of the model, the image encoder and the trunk (another package's copies).
+    """
+    whole, encoder, trunk = classes
+    if whole in class_paths(model):
         model = model.image_encoder
-    if IMAGE_ENCODER in class_paths(model):
+    if encoder in class_paths(model):
         model = model.trunk
-    return model if HIERA in class_paths(model) else None
+    return model if trunk in class_paths(model) else None
 
 
 class Sam2HieraAdapter(Adapter):
@@ -65,16 +71,18 @@ class Sam2HieraAdapter(Adapter):
 
     name = "sam2_hiera"
     scopes = ("attn", "block", "span")
+    classes: ClassVar[tuple[str, str, str]] = SAM2_CLASSES
+    """The class paths of the whole model, its image encoder and the Hiera trunk."""
     presets = (Preset("paper", "SAM 2.1 Hiera-L", 48, (31, 32, 34, 35, 37, 38, 44, 45, 46, 47), PAPER_PARAMS),)
     """PiToMe (NeurIPS 2024) on SAM 2.1 Hiera-L: 10 of 48 blocks, all in the last stages."""
 
     def matches(self, model: nn.Module) -> bool:
         """True for a ``SAM2Base`` or ``ImageEncoder`` with a Hiera trunk, or the ``Hiera`` itself."""
-        return hiera_trunk(model) is not None
+        return hiera_trunk(model, self.classes) is not None
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
         """The trunk's ``blocks``: windowed, global and q-pooling alike (Hiera-L has 48)."""
-        trunk = hiera_trunk(model)
+        trunk = hiera_trunk(model, self.classes)
         if trunk is None:
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
         return list(trunk.blocks)
@@ -82,7 +90,7 @@ class Sam2HieraAdapter(Adapter):
     def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap the block's attention (scope ``attn``, and stage transitions in every scope) or the block;
         with any span-scoped block, also the trunk (its loop runs spans of blocks on one plan)."""
-        trunk, setting = hiera_trunk(model), schedule[index]
+        trunk, setting = hiera_trunk(model, self.classes), schedule[index]
         block = trunk.blocks[index]
         module = block if setting.scope != "attn" and keeps_shape(block) else block.attn
         swap_class(module, MergingHieraBlock if module is block else MergingMultiScaleAttention)

@@ -7,6 +7,8 @@ The cases (windowed, global, q-pooling blocks) are described in :mod:`tomeplug_a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,26 +27,39 @@ def proportional_bias(plan: MergePlan, prop_attn: bool) -> Tensor | None:
     return log_size_bias(plan.size, plan.size.dtype) if prop_attn else None
 
 
-def attend(attn: nn.Module, merged: Tensor, log_size: Tensor | None) -> Tensor:
+AttentionCore = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+"""Softmax attention (q, k, v: (B', heads, N, hd); an additive mask or None) -> (B', Nq, heads, hd)."""
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """sam2 Hiera's attention core: torch's SDPA, (B', heads, Nq, hd) -> (B', Nq, heads, hd)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+
+def attend(attn: nn.Module, merged: Tensor, log_size: Tensor | None, core: AttentionCore = sdpa) -> Tensor:
     """Hiera's attention (no q-pooling) over merged tokens: (B', M, C) -> (B', M, C_out), projection included.
 
-    ``log_size`` is the (B', 1, 1, M) proportional-attention bias, or None.
+    ``log_size`` is the (B', 1, 1, M) proportional-attention bias, or None; ``core`` the softmax attention.
     """
     b, m, _ = merged.shape
     qkv = attn.qkv(merged).reshape(b, m, 3, attn.num_heads, -1)  # (B', M, 3, heads, hd) as upstream
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B', heads, M, hd)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(log_size, q))  # (B', heads, M, hd)
-    return attn.proj(out.transpose(1, 2).reshape(b, m, attn.dim_out))  # per token and linear
+    out = core(q, k, v, _mask(log_size, q))  # (B', M, heads, hd)
+    return attn.proj(out.reshape(b, m, attn.dim_out))  # per token and linear
 
 
-def merged_attention(attn: nn.Module, x: Tensor, plan: MergePlan, prop_attn: bool) -> Tensor:
+def merged_attention(
+    attn: nn.Module, x: Tensor, plan: MergePlan, prop_attn: bool, core: AttentionCore = sdpa
+) -> Tensor:
     """Hiera's attention with the tokens of each call merged by ``plan``.
 
     Args:
-        attn: the block's ``MultiScaleAttention``.
+        attn: the block's ``MultiScaleAttention`` (``qkv``, ``proj``, ``num_heads``, ``dim_out``, ``q_pool``:
+            a pooling of (B', C, h, w) queries, or None).
         x: (B', h, w, C) the attention calls' input.
         plan: the merge of each call's h * w tokens into M.
         prop_attn: add ``log(size)`` of the merged keys to the attention logits.
+        core: the softmax attention (:data:`AttentionCore`).
     Returns:
         (B', h, w, C_out), or (B', h', w', C_out) with the queries pooled in a q-pooling block.
     """
@@ -55,7 +70,7 @@ def merged_attention(attn: nn.Module, x: Tensor, plan: MergePlan, prop_attn: boo
     m = merged.shape[1]
     log_size = proportional_bias(plan, prop_attn)  # (B', 1, 1, M) or None
     if attn.q_pool is None:
-        return plan.unmerge(attend(attn, merged, log_size)).reshape(b, h, w, d)  # projection before the unmerge
+        return plan.unmerge(attend(attn, merged, log_size, core)).reshape(b, h, w, d)  # projection before the unmerge
     weight, bias = attn.qkv.weight, attn.qkv.bias  # rows: q, k, v, each (heads x hd)
     q = F.linear(tokens, weight[:d], None if bias is None else bias[:d])  # (B', N, C_out)
     q = attn.q_pool(q.reshape(b, h, w, d).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B', h', w', C_out)
@@ -63,8 +78,22 @@ def merged_attention(attn: nn.Module, x: Tensor, plan: MergePlan, prop_attn: boo
     q = q.reshape(b, hq * wq, heads, -1).transpose(1, 2)  # (B', heads, h' * w', hd)
     kv = F.linear(merged, weight[d:], None if bias is None else bias[d:]).reshape(b, m, 2, heads, -1)
     k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B', heads, M, hd)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(log_size, q))  # (B', heads, h' * w', hd)
-    return attn.proj(out.transpose(1, 2).reshape(b, hq, wq, d))
+    out = core(q, k, v, _mask(log_size, q))  # (B', h' * w', heads, hd)
+    return attn.proj(out.reshape(b, hq, wq, d))
+
+
+def merging_call(attn: nn.Module, x: Tensor) -> Tensor | None:
+    """A merging attention's output for input ``x`` (B', h, w, C) as its ``tomeplug_setting`` asks, or None
+    where the setting merges none of the h * w tokens (then upstream's forward runs, bit for bit).
+
+    ``attn`` has :func:`merged_attention`'s parts and ``attention_core`` (an :data:`AttentionCore`).
+    """
+    setting = attn.tomeplug_setting
+    b, h, w, c = x.shape  # B' = batch x windows
+    if setting.num_to_merge(h * w) == 0:
+        return None
+    plan = plan_merge(setting, x.reshape(b, h * w, c), attn.qkv, attn.num_heads, (h, w))
+    return merged_attention(attn, x, plan, setting.prop_attn, attn.attention_core)
 
 
 class MergingMultiScaleAttention(nn.Module):
@@ -72,10 +101,10 @@ class MergingMultiScaleAttention(nn.Module):
 
     tomeplug_setting: Setting
 
+    def attention_core(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Upstream's softmax attention (:func:`sdpa`)."""
+        return sdpa(q, k, v, mask)
+
     def forward(self, x: Tensor) -> Tensor:
-        setting = self.tomeplug_setting
-        b, h, w, c = x.shape  # B' = batch x windows
-        if setting.num_to_merge(h * w) == 0:
-            return super().forward(x)
-        plan = plan_merge(setting, x.reshape(b, h * w, c), self.qkv, self.num_heads, (h, w))
-        return merged_attention(self, x, plan, setting.prop_attn)
+        out = merging_call(self, x)
+        return super().forward(x) if out is None else out

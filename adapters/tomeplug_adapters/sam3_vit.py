@@ -25,7 +25,9 @@ patched model instead).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,30 +44,21 @@ __all__ = ["MergingSam3Block", "MergingSam3ViT", "Sam3ViTAdapter", "sam3_vit"]
 VIT = "sam3.model.vitdet.ViT"
 
 
-def sam3_vit(model: nn.Module) -> nn.Module | None:
+def sam3_vit(model: nn.Module, vit_class: str = VIT, package: str = "sam3.") -> nn.Module | None:
     """The ViT of a sam3 model (the ``ViT`` itself, or the one ``ViT`` among a sam3 model's modules); else None.
+
+    ``vit_class`` and ``package`` (a module prefix) name another package's copy of the ViT and its models.
 
     Raises:
         ValueError: the model holds more than one ViT.
     """
-    return sole_module(model, VIT, "sam3.")
-
-
-def sole_module(model: nn.Module, target: str, package: str) -> nn.Module | None:
-    """``model`` if it is a ``target`` (a class path), else the one ``target`` inside a model of ``package`` (a
-    class-path prefix); None if there is none.
-
-    Raises:
-        ValueError: the model holds more than one.
-    """
-    if target in class_paths(model):
+    if vit_class in class_paths(model):
         return model
     if not class_path(model).startswith(package):
         return None
-    found = [module for module in model.modules() if target in class_paths(module)]
+    found = [module for module in model.modules() if vit_class in class_paths(module)]
     if len(found) > 1:
-        name = target.rsplit(".", 1)[-1]
-        raise ValueError(f"{class_path(model)} holds {len(found)} {name}s; patch each {name} (a module) on its own")
+        raise ValueError(f"{class_path(model)} holds {len(found)} sam3 ViTs; patch each ViT (a module) on its own")
     return found[0] if found else None
 
 
@@ -113,10 +106,11 @@ class MergingSam3ViT(nn.Module):
 
 
 def abs_pos(vit: nn.Module, hw: torch.Size) -> Tensor:
-    """sam3 ViT's absolute positions for an (H, W) grid, as upstream computes them: (1, H, W, C)."""
-    from sam3.model.vitdet import get_abs_pos  # the model exists, so sam3 is installed
+    """sam3 ViT's absolute positions for an (H, W) grid, as upstream computes them: (1, H, W, C).
 
-    return get_abs_pos(vit.pos_embed, vit.pretrain_use_cls_token, tuple(hw), False, tiling=vit.tile_abs_pos)
+    ``get_abs_pos`` is read from the module defining the ViT's class (sam3's, or a package's copy of it)."""
+    vitdet = sys.modules[getattr(type(vit), "_tomeplug_base", type(vit)).__module__]
+    return vitdet.get_abs_pos(vit.pos_embed, vit.pretrain_use_cls_token, tuple(hw), False, tiling=vit.tile_abs_pos)
 
 
 class Sam3ViTAdapter(Adapter):
@@ -124,17 +118,24 @@ class Sam3ViTAdapter(Adapter):
 
     name = "sam3_vit"
     scopes = ("attn", "block", "span")
+    vit_class: ClassVar[str] = VIT
+    package: ClassVar[str] = "sam3."
+    """The module prefix of the models searched for the ViT."""
+
+    def vit(self, model: nn.Module) -> nn.Module | None:
+        """:func:`sam3_vit` for this adapter's package."""
+        return sam3_vit(model, self.vit_class, self.package)
 
     def matches(self, model: nn.Module) -> bool:
         """True for sam3's ``ViT``, or a sam3 model holding exactly one."""
         try:
-            return sam3_vit(model) is not None
+            return self.vit(model) is not None
         except ValueError:
             return False
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
         """The ViT's ``blocks``, windowed and global alike (SAM 3 has 32)."""
-        vit = sam3_vit(model)
+        vit = self.vit(model)
         if vit is None:
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
         return list(vit.blocks)
@@ -142,7 +143,7 @@ class Sam3ViTAdapter(Adapter):
     def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap the block's attention (scope ``attn``) or the block itself (``block``, ``span``); with any
         span-scoped block, also the ViT (its loop runs spans of blocks on one plan)."""
-        vit, setting = sam3_vit(model), schedule[index]
+        vit, setting = self.vit(model), schedule[index]
         if vit.retain_cls_token:
             raise ValueError(f"{self.name} cannot merge a ViT that keeps a class token (retain_cls_token=True)")
         if setting.scope == "span" and "forward" in vit.__dict__:

@@ -28,7 +28,7 @@ from tomeplug_adapters.sam_vit_attention import MergedPositions, MergingSamAtten
 def kept_rotations(freqs_cis: Tensor, kept: Tensor) -> Tensor:
     """The RoPE rotations of merged tokens: ``freqs_cis`` (N, hd / 2) complex rows at ``kept`` (B', M)
     -> (B', 1, M, hd / 2) complex, broadcast over heads."""
-    rows = torch.view_as_real(freqs_cis)[kept]  # (B', M, hd / 2, 2): gathered as reals (compiles, any device)
+    rows = torch.view_as_real(freqs_cis.to(kept.device))[kept]  # (B', M, hd / 2, 2): as reals (compiles, any device)
     return torch.view_as_complex(rows).unsqueeze(1)
 
 

@@ -39,7 +39,11 @@ class SamViTAdapter(Adapter):
     """segment_anything's Sam or ImageEncoderViT (SAM ViT-B/L/H)"""
 
     name = "sam_vit"
-    package = "segment_anything"
+    model_classes: ClassVar[tuple[str, ...]] = ("segment_anything.modeling.sam.Sam",)
+    """The package's whole models (class paths), holding the encoder as ``encoder_attr``."""
+    encoder_class: ClassVar[str] = "segment_anything.modeling.image_encoder.ImageEncoderViT"
+    encoder_attr: ClassVar[str] = "image_encoder"
+    blocks_attr: ClassVar[str] = "blocks"
     scopes = ("attn", "block", "span")
     encoder_mixin: ClassVar[type] = MergingSamEncoder
     presets = (Preset("paper", "SAM / HQ-SAM ViT-L", 24, (0, 4, 5, 10, 16, 17, 19, 20, 22, 23), PAPER_PARAMS),)
@@ -47,21 +51,21 @@ class SamViTAdapter(Adapter):
 
     def _encoder(self, model: nn.Module) -> nn.Module | None:
         path = class_path(model)
-        if path == f"{self.package}.modeling.sam.Sam":
-            model = model.image_encoder
+        if path in self.model_classes:
+            model = getattr(model, self.encoder_attr)
             path = class_path(model)
-        return model if path == f"{self.package}.modeling.image_encoder.ImageEncoderViT" else None
+        return model if path == self.encoder_class else None
 
     def matches(self, model: nn.Module) -> bool:
-        """True for the package's ``Sam`` with a ViT encoder, or the ``ImageEncoderViT`` itself."""
+        """True for the package's whole model with a ViT encoder (``Sam``), or the encoder itself."""
         return self._encoder(model) is not None
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
-        """The encoder's ``blocks``, windowed and global alike."""
+        """The encoder's blocks (``blocks_attr``), windowed and global alike."""
         encoder = self._encoder(model)
         if encoder is None:
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
-        return list(encoder.blocks)
+        return list(getattr(encoder, self.blocks_attr))
 
     def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap the block's attention (scope ``attn``) or the block itself (``block``, ``span``); with any
@@ -78,5 +82,6 @@ class HQSamViTAdapter(SamViTAdapter):
     """segment_anything_hq's Sam or ImageEncoderViT (HQ-SAM ViT-B/L/H)"""
 
     name = "hq_sam_vit"
-    package = "segment_anything_hq"
+    model_classes = ("segment_anything_hq.modeling.sam.Sam",)
+    encoder_class = "segment_anything_hq.modeling.image_encoder.ImageEncoderViT"
     encoder_mixin = MergingHQSamEncoder

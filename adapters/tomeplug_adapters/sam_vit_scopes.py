@@ -37,16 +37,24 @@ class MergingSamEncoder(nn.Module):
     returns_interm: ClassVar[bool] = False
     """Also return every global block's output (HQ-SAM's encoder does)."""
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, list[Tensor]]:
-        x = self.patch_embed(x)  # (B, H, W, C)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed
+    def run_encoder(self, pixels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Patch embedding, positions and the blocks run by run: the (B, H, W, C) map before the neck, and
+        every global block's output (unmerged, dense layout)."""
+        x = self.add_abs_pos(self.patch_embed(pixels))  # (B, H, W, C)
         interm = []
         for last, out in run_blocks(self.blocks, self.tomeplug_runs, x):
             if self.blocks[last].window_size == 0:
                 interm.append(out)
+        return out, interm
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, list[Tensor]]:
+        out, interm = self.run_encoder(x)
         x = self.neck(out.permute(0, 3, 1, 2))
         return (x, interm) if self.returns_interm else x
+
+    def add_abs_pos(self, x: Tensor) -> Tensor:
+        """The patch embeddings (B, H, W, C) plus the absolute positions, as upstream adds them."""
+        return x if self.pos_embed is None else x + self.pos_embed
 
 
 class MergingHQSamEncoder(MergingSamEncoder):

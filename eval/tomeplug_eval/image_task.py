@@ -51,8 +51,20 @@ class ImageTask(Task):
         self.dataset = load_dataset(cfg.dataset.name, cfg.data_root, **self.dataset_options())
         self.references = ReferenceCache(setup.output_dir, setup.spec.reference_key)
         self.segmenter: Segmenter | None = None
-        if cfg.keep_aspect and MODELS[setup.spec.model].family in ("sam2", "sam3"):
+        if cfg.keep_aspect and MODELS[setup.spec.model].family in (
+            "sam2",
+            "sam3",
+            "hf_sam2",
+            "hf_sam3",
+            "ultralytics_sam2",
+        ):
             raise ValueError("keep_aspect=true is SAM's resize; SAM 2 and SAM 3 take a square (stretched) input")
+
+    def model_options(self, family: str) -> dict[str, Any]:
+        """transformers models: the model config's ``attn_implementation`` (``sdpa`` or ``eager``)."""
+        if family.startswith("hf_"):
+            return {"attn_implementation": str(self.setup.cfg.model.get("attn_implementation", "sdpa"))}
+        return {}
 
     def bind(self, model: torch.nn.Module, family: str) -> None:
         super().bind(model, family)

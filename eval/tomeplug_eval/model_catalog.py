@@ -10,6 +10,16 @@ Names: ``sam_vit_{b,l,h}`` (SAM), ``hq_sam_vit_{b,l,h}`` (HQ-SAM), ``sam2_hiera_
 ``sam2.1_hiera_{t,s,b+,l}`` (SAM 2.1), ``sam3`` (SAM 3's image model with its SAM 1 task predictor, 1008 px),
 and the tiny test models ``sam_tiny``, ``hq_sam_tiny``, ``sam2_tiny``, ``sam3_tiny`` (official classes, small
 dimensions, no checkpoint). ``vit_b``, ``vit_l``, ``vit_h`` and ``tiny`` are aliases.
+
+Hugging Face transformers models (:mod:`.hf_architectures`): ``hf_sam_vit_{b,l,h}``, ``hf_sam_hq_vit_{b,l,h}``,
+``hf_sam2_hiera_{t,s,b+,l}``, ``hf_sam2.1_hiera_{t,s,b+,l}``, ``hf_sam3`` (``Sam3TrackerModel``) and the tiny
+``hf_sam_tiny``, ``hf_sam_hq_tiny``, ``hf_sam2_tiny``, ``hf_sam3_tiny``. Their checkpoint is a
+``from_pretrained`` folder (``config.json`` and weights), e.g. ``checkpoints/sam-vit-base`` from
+``huggingface-cli download facebook/sam-vit-base --local-dir checkpoints/sam-vit-base``.
+
+Ultralytics models (:mod:`.ultralytics_architectures`): ``ultralytics_sam_vit_{b,l,h}``,
+``ultralytics_sam2_hiera_{t,s,b+,l}``, ``ultralytics_sam2.1_hiera_{t,s,b+,l}`` and the tiny ``ultralytics_sam_tiny``,
+``ultralytics_sam2_tiny``; checkpoints are Ultralytics' files (``sam_b.pt``, ``sam2.1_t.pt``, ...).
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import torch
 from torch import nn
 
 from .architectures import registry_model, sam2_model, sam3_image, tiny_sam, tiny_sam2, tiny_sam3
+from .hf_architectures import hf_pretrained, hf_sam, hf_sam2, hf_sam2_tiny, hf_sam3_tracker
+from .ultralytics_architectures import ultralytics_sam, ultralytics_sam2_tiny, ultralytics_sam_tiny
 
 CHECKPOINT_DIR = Path(os.environ.get("TOMEPLUG_CHECKPOINT_DIR", "checkpoints"))
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -42,6 +54,8 @@ class RandomWeightsWarning(UserWarning):
 SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
 SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 HQ_URL = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
+HF_HUB = "https://huggingface.co/"
+ULTRALYTICS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0/"
 SAM3_URL = "https://huggingface.co/facebook/sam3/resolve/main/"  # a gated repository: accept its licence first
 
 
@@ -71,6 +85,8 @@ class ModelSpec:
         state_dict_key: the key holding the state dict inside the checkpoint (SAM 2 uses ``"model"``).
         source: where the architecture comes from (a registry entry or a yaml), for records and checks.
         rename: maps the checkpoint's state dict (after ``state_dict_key``) to the model's keys, or None.
+        pretrained_folder: the checkpoint is a transformers ``from_pretrained`` folder named ``checkpoint``
+            (the hub repository ``url`` + ``checkpoint`` under its owner), not a file.
     """
 
     build: Callable[..., nn.Module]
@@ -80,6 +96,14 @@ class ModelSpec:
     state_dict_key: str | None = None
     source: str = ""
     rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    pretrained_folder: bool = False
+
+
+def _hf(build: Callable[..., nn.Module], family: str, repo: str | None, source: str) -> ModelSpec:
+    owner, _, folder = repo.partition("/") if repo else ("", "", None)
+    return ModelSpec(
+        build, family, folder, f"{HF_HUB}{owner}/" if repo else None, source=source, pretrained_folder=True
+    )
 
 
 def _sam(package: str, family: str, size: str, checkpoint: str, url: str) -> ModelSpec:
@@ -109,6 +133,58 @@ MODELS: dict[str, ModelSpec] = {
         tiny_sam3, "sam3", None, None, "model", "sam3 builder, tiny ViT and text encoder", sam3_state_dict
     ),  # files in sam3.pt's layout
 }
+_HF_SAM = {"b": "base", "l": "large", "h": "huge"}
+_HF_HIERA = {"t": "tiny", "s": "small", "b+": "base-plus", "l": "large"}
+MODELS.update(
+    {
+        **{
+            f"hf_sam_vit_{s}": _hf(partial(hf_sam, s), "hf_sam", f"facebook/sam-vit-{n}", f"SamModel vit_{s}")
+            for s, n in _HF_SAM.items()
+        },
+        **{
+            f"hf_sam_hq_vit_{s}": _hf(
+                partial(hf_sam, s, True), "hf_sam_hq", f"syscv-community/sam-hq-vit-{n}", f"SamHQModel vit_{s}"
+            )
+            for s, n in _HF_SAM.items()
+        },
+        **{
+            f"hf_{v}_hiera_{s}": _hf(
+                partial(hf_sam2, f"{v}/{v}_hiera_{s}.yaml"),
+                "hf_sam2",
+                f"facebook/{v}-hiera-{n}",
+                f"Sam2Model from {v}/{v}_hiera_{s}.yaml",
+            )
+            for v in ("sam2", "sam2.1")
+            for s, n in _HF_HIERA.items()
+        },
+        "hf_sam3": _hf(hf_sam3_tracker, "hf_sam3", "facebook/sam3", "Sam3TrackerModel, config defaults"),
+        "hf_sam_tiny": _hf(partial(hf_sam, tiny=True), "hf_sam", None, "SamModel, sam_tiny's dims"),
+        "hf_sam_hq_tiny": _hf(partial(hf_sam, hq=True, tiny=True), "hf_sam_hq", None, "SamHQModel, sam_tiny's dims"),
+        "hf_sam2_tiny": _hf(hf_sam2_tiny, "hf_sam2", None, "Sam2Model, sam2_tiny's trunk"),
+        "hf_sam3_tiny": _hf(partial(hf_sam3_tracker, tiny=True), "hf_sam3", None, "Sam3TrackerModel, sam3_tiny's ViT"),
+    }
+)
+_UL_HIERA = {"t": "t", "s": "s", "b+": "b", "l": "l"}
+MODELS.update(
+    {
+        **{
+            f"ultralytics_sam_vit_{s}": ModelSpec(
+                partial(ultralytics_sam, f"sam_vit_{s}"), "ultralytics_sam", f"sam_{s}.pt", ULTRALYTICS_URL,
+                "model", f"ultralytics build_sam_vit_{s}",
+            )
+            for s in "blh"
+        },
+        **{
+            f"ultralytics_{v}_hiera_{s}": ModelSpec(
+                partial(ultralytics_sam, f"sam2_{u}"), "ultralytics_sam2", f"{v}_{u}.pt", ULTRALYTICS_URL, "model",
+                f"ultralytics build_sam2_{u}",
+            )
+            for v in ("sam2", "sam2.1") for s, u in _UL_HIERA.items()
+        },
+        "ultralytics_sam_tiny": ModelSpec(ultralytics_sam_tiny, "ultralytics_sam", state_dict_key="model"),
+        "ultralytics_sam2_tiny": ModelSpec(ultralytics_sam2_tiny, "ultralytics_sam2", state_dict_key="model"),
+    }
+)  # fmt: skip
 ALIASES: dict[str, str] = {"vit_b": "sam_vit_b", "vit_l": "sam_vit_l", "vit_h": "sam_vit_h", "tiny": "sam_tiny"}
 
 
@@ -131,6 +207,9 @@ def _download_hint(name: str) -> str:
     random = "random weights: checkpoint=None (harness: checkpoint=random)"
     if spec.checkpoint is None:
         return f"model {name!r} has no official checkpoint; use {random}"
+    if spec.pretrained_folder:
+        repo = spec.url.removeprefix(HF_HUB) + spec.checkpoint
+        return f"download it with `huggingface-cli download {repo} --local-dir {path}` (or use {random})"
     return f"download {spec.url}{spec.checkpoint} to {path} (or use {random})"
 
 
@@ -139,15 +218,20 @@ def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> Path | None:
 
     ``"auto"``: the official file in :data:`CHECKPOINT_DIR` if it is there, else random weights.
     ``None``, ``"random"`` or ``"none"``: random weights. A folder: the official file name inside it
-    (handy in sweeps over models). Any other value is the file itself (it must exist).
+    (handy in sweeps over models). Any other value is the file itself (it must exist). For transformers
+    models (``hf_*``) the checkpoint is a ``from_pretrained`` folder: the given folder, or the official
+    folder name inside it.
     """
     if checkpoint is None or str(checkpoint).lower() in ("random", "none", "null"):
         return None
     spec = MODELS[canonical_name(name)]
     if str(checkpoint) == "auto":
         path = default_checkpoint(name)
-        return path if path is not None and path.is_file() else None
+        return path if path is not None and path.exists() else None
     path = Path(checkpoint).expanduser()
+    if spec.pretrained_folder:
+        inside = path / spec.checkpoint if spec.checkpoint else None
+        return inside if inside is not None and (inside / "config.json").is_file() else path
     if path.is_dir():
         if spec.checkpoint is None:
             raise FileNotFoundError(f"checkpoint folder {path} given, but model {name!r} has no official file")
@@ -168,9 +252,10 @@ def state_dict_problems(expected: dict[str, Any], found: dict[str, Any], limit: 
 
 
 def require_checkpoint(path: str | Path, name: str) -> Path:
-    """``path`` as a Path if it is a file; else an error naming it and where to download the official file."""
+    """``path`` as a Path if it is a file (a folder for ``hf_*`` models); else an error naming it and where to
+    download the official file."""
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_dir() if MODELS[canonical_name(name)].pretrained_folder else path.is_file()):
         raise FileNotFoundError(f"checkpoint {path} for model {name!r} not found: {_download_hint(name)}")
     return path
 
@@ -210,9 +295,13 @@ def build_model(name: str, checkpoint: str | Path | None = None, **options: Any)
         checkpoint: a checkpoint path, loaded strictly; None gives random weights, with a
             :class:`RandomWeightsWarning`.
         options: builder options; SAM 2 models take ``target`` (another model class, e.g.
-            ``"sam2.sam2_video_predictor.SAM2VideoPredictor"``) and model fields such as ``fill_hole_area=8``.
+            ``"sam2.sam2_video_predictor.SAM2VideoPredictor"``) and model fields such as ``fill_hole_area=8``;
+            transformers models take ``attn_implementation`` (``"sdpa"``, the default, or ``"eager"``).
     """
-    model = MODELS[canonical_name(name)].build(**options)
+    spec = MODELS[canonical_name(name)]
+    model = spec.build(**options)
+    if spec.pretrained_folder and checkpoint is not None:
+        return hf_pretrained(model, require_checkpoint(checkpoint, name), name)
     if checkpoint is None:
         warnings.warn(
             f"model {name!r} has RANDOM WEIGHTS (no checkpoint given): FLOPs and timings are real, its outputs "

@@ -101,11 +101,15 @@ def check_options(cfg: Any) -> None:
 
 
 def weights_identity(path: Path | None, seed: int) -> str:
-    """``random:<seed>``, or the checkpoint's absolute path with its size and modification time."""
+    """``random:<seed>``, or the checkpoint's absolute path with its size and modification time (of every
+    file in it, for a ``from_pretrained`` folder)."""
     if path is None:
         return f"random:{seed}"
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    if not path.is_dir():
+        stat = path.stat()
+        return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*")) if p.is_file()]
+    return f"{path.resolve()}:{sum(s for s, _ in stats)}:{max((m for _, m in stats), default=0)}:{len(stats)} files"
 
 
 @attrs.frozen

@@ -171,11 +171,23 @@ class Sam3Segmenter(Sam2Segmenter):
 
 
 def make_segmenter(model: nn.Module, family: str, hq_token_only: bool = True) -> Segmenter:
-    """The segmenter of a model family: ``"sam"``, ``"hq_sam"``, ``"sam2"`` or ``"sam3"``."""
+    """The segmenter of a model family: ``"sam"``, ``"hq_sam"``, ``"sam2"``, ``"sam3"`` or a transformers
+    family (``"hf_sam"``, ``"hf_sam_hq"``, ``"hf_sam2"``, ``"hf_sam3"``) or an Ultralytics one (``"ultralytics_sam"``,
+    ``"ultralytics_sam2"``)."""
+    if family.startswith("ultralytics_"):
+        from .ultralytics_segmenters import UltralyticsSegmenter
+
+        return UltralyticsSegmenter(model, family)
+    if family.startswith("hf_"):
+        from .hf_segmenters import HFSegmenter
+
+        return HFSegmenter(model, family, hq_token_only=hq_token_only)
     if family == "sam2":
         return Sam2Segmenter(model)
     if family == "sam3":
         return Sam3Segmenter(model)
     if family in ("sam", "hq_sam"):
         return SamSegmenter(model, hq=family == "hq_sam", hq_token_only=hq_token_only)
-    raise ValueError(f"unknown model family {family!r}; known: sam, hq_sam, sam2, sam3")
+    raise ValueError(
+        f"unknown model family {family!r}; known: sam, hq_sam, sam2, sam3, hf_sam, hf_sam_hq, hf_sam2, hf_sam3"
+    )
