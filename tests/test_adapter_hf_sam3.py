@@ -197,19 +197,30 @@ def test_fullgraph_compile_of_the_span_loop_matches_eager(image):
 def test_hidden_states_in_attn_and_block_scope(scope, image):
     vit = tiny_hf_sam3_vit("eager")
     with torch.no_grad():
-        dense = vit(image, output_hidden_states=True, output_attentions=True)
+        dense = vit(image, output_hidden_states=True)
         tomeplug.patch(vit, "tome", r=0.5, scope=scope)
-        merged = vit(image, output_hidden_states=True, output_attentions=True)
+        merged = vit(image, output_hidden_states=True)
+    assert len(dense.hidden_states) == 6  # the embeddings and every layer's output
     assert [h.shape for h in merged.hidden_states] == [h.shape for h in dense.hidden_states]
-    assert len(dense.attentions) == 5 and merged.attentions == ()  # merged calls return no weights (as sdpa)
     torch.testing.assert_close(merged.hidden_states[-1], merged.last_hidden_state.view(2, 10, 10, -1))
+    assert not torch.allclose(merged.hidden_states[1], dense.hidden_states[1])  # layer 0's output, merged
 
 
-def test_span_refuses_hidden_states_it_does_not_have(image):
-    vit = tiny_hf_sam3_vit()
-    tomeplug.patch(vit, "tome", r=0.5, scope="span")
-    with pytest.raises(ValueError, match=r"scope='block'"):
-        vit(image, output_hidden_states=True)
+@pytest.mark.parametrize("scope", SCOPES)
+def test_outputs_merged_layers_do_not_have_are_refused(scope, image):
+    """Merged layers have no dense attention weights; a span's inner layers no hidden states of their own."""
+    vit = tiny_hf_sam3_vit("eager")
+    assert len(vit(image, output_attentions=True).attentions) == 5  # eager upstream records them
+    tomeplug.patch(vit, "tome", r=0.5, scope=scope)
+    with pytest.raises(ValueError, match="output_attentions"):
+        vit(image, output_attentions=True)
+    if scope == "span":
+        with pytest.raises(ValueError, match=r"output_hidden_states.*scope='block'"):
+            vit(image, output_hidden_states=True)
+        vit.config.output_hidden_states = True  # the config's flag is read too
+        with pytest.raises(ValueError, match="output_hidden_states"):
+            vit(image)
+        vit.config.output_hidden_states = False
     assert encode(vit, image).shape == (2, 100, 64)
 
 

@@ -22,25 +22,25 @@ that code reads (``qkv``, ``num_heads``, ``proj``). Scopes:
 The adapter matches ``Sam3ViTModel`` and any transformers SAM 3 model holding exactly one (``Sam3Model``,
 ``Sam3VisionModel``, ``Sam3TrackerModel``, ``Sam3TrackerVideoModel``, ``Sam3VideoModel``). Merged attention
 calls run ``F.scaled_dot_product_attention`` whatever ``attn_implementation`` says (the eager math; r = 0
-calls run upstream's own) and return no attention weights (``None``, as under ``sdpa``). Hidden states
-(``output_hidden_states``) come back for every layer in ``attn`` and ``block`` scope; in ``span`` scope the
-layers inside a merged run have none, so asking for them raises. Not supported: attention dropout in
-training (``attention_dropout`` > 0).
+calls run upstream's own). As in :mod:`tomeplug_adapters.hf_sam_vit`, merged layers have no dense attention
+weights, so ``output_attentions`` raises when a layer merges, and ``output_hidden_states`` raises where a span
+runs several layers on one plan (in scopes ``attn`` and ``block`` every layer's output is recorded as
+upstream records it). Not supported: attention dropout in training (``attention_dropout`` > 0).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from tomeplug.adapter import Adapter, class_path
-from tomeplug.classswap import swap_class
+from tomeplug.classswap import is_swapped, swap_class
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
 from tomeplug.setting import Setting
+from tomeplug_adapters.hf_sam_vit import _recording, refuse_recording
 from tomeplug_adapters.sam3_vit import sam3_vit
 from tomeplug_adapters.sam3_vit_attention import MergedRope, attend, kept_rotations
 from tomeplug_adapters.sam_vit_attention import plan_positions
@@ -132,6 +132,7 @@ class MergingHFSam3Attention(HFSam3AttentionNames):
         b, h, w, c = hidden_states.shape
         if setting.num_to_merge(h * w) == 0:
             return super().forward(hidden_states, position_embeddings, **kwargs)  # r = 0: upstream, bit for bit
+        refuse_recording("attentions")
         check_training(self)
         tokens = hidden_states.reshape(b, h * w, c)
         plan = merge_plan(self, setting, tokens, (h, w))
@@ -168,6 +169,7 @@ class MergingHFSam3Layer(MergingWindowedBlock):
     def forward(self, hidden_states: Tensor, **kwargs) -> Tensor:
         if not self.merges(hidden_states):
             return super(MergingWindowedBlock, self).forward(hidden_states, **kwargs)  # upstream, bit for bit
+        refuse_recording("attentions")
         return run_merged([self], hidden_states)
 
 
@@ -182,29 +184,18 @@ class MergingHFSam3ViT(nn.Module):
         return self.layers
 
     def forward(self, pixel_values: Tensor, **kwargs):
-        return span_forward()(self, pixel_values, **kwargs)
-
-
-@functools.cache
-def span_forward() -> Callable:
-    """:func:`run_spans` under transformers' output capture, as upstream's forward is (imported on first use)."""
-    from transformers.utils.output_capturing import capture_outputs
-
-    return capture_outputs(tie_last_hidden_states=False)(run_spans)
+        return _recording(run_spans)(self, pixel_values, **kwargs)  # under upstream's output capture
 
 
 def run_spans(vit: nn.Module, pixel_values: Tensor, **kwargs):
-    """Upstream ``Sam3ViTModel.forward`` with the layers run span by span: a ``BaseModelOutput``."""
+    """Upstream ``Sam3ViTModel.forward`` with the layers run span by span: a ``BaseModelOutput`` (``kwargs``: the
+    output flags, read by the capture)."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    if kwargs.get("output_hidden_states", vit.config.output_hidden_states) and any(
-        len(run) > 1 for run in vit.tomeplug_runs
-    ):
-        runs = [run for run in vit.tomeplug_runs if len(run) > 1]
-        raise ValueError(
-            f"hf_sam3_vit: span scope keeps tokens merged across layers {runs}, which so have no hidden states of "
-            "their own; patch with scope='block' to get output_hidden_states"
-        )
+    firsts = [vit.layers[run[0]] for run in vit.tomeplug_runs if len(run) > 1]  # windowed layers
+    if any(first.tomeplug_setting.num_to_merge(first.window_size**2) for first in firsts):  # never run alone
+        refuse_recording("hidden_states")
+        refuse_recording("attentions")
     hidden_states = vit.embeddings(pixel_values)  # (B, H * W, C)
     b, c = hidden_states.shape[0], hidden_states.shape[-1]
     h, w = pixel_values.shape[-2] // vit.config.patch_size, pixel_values.shape[-1] // vit.config.patch_size
@@ -247,3 +238,7 @@ class HFSam3ViTAdapter(Adapter):
             swap_class(layer, MergingHFSam3Layer)
             layer.tomeplug_setting = setting
         patch_encoder_loop(vit, MergingHFSam3ViT, schedule)  # runs end at global layers (never in a run)
+        if is_swapped(vit):  # transformers keys what a model records by its class name: the swapped one's too
+            from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+            _CAN_RECORD_REGISTRY[vit] = vit._can_record_outputs
