@@ -57,7 +57,10 @@ def test_matches_the_vit_and_every_sam3_model_holding_one(registry):
         assert registry.adapter_for(model).name == "hf_sam3_vit", type(model).__name__
     assert hf_sam3_vit(video) is video.detector_model.vision_encoder.backbone
     adapter = registry.adapters["hf_sam3_vit"].obj
-    assert not adapter.matches(nn.Linear(2, 2))
+    assert not adapter.matches(nn.Linear(2, 2)) and not adapter.matches(nn.Sequential(tiny_hf_sam3()))
+    subclassed = tiny_hf_sam3_tracker()
+    subclassed.__class__ = type("MyTracker", (type(subclassed),), {"__module__": __name__})
+    assert hf_sam3_vit(subclassed) is subclassed.vision_encoder.backbone
     model = tiny_hf_sam3()
     model.second_vit = tiny_hf_sam3_vit()
     assert not adapter.matches(model)

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from tomeplug.adapter import Adapter, class_path
+from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import is_swapped, swap_class
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
@@ -49,15 +49,18 @@ from tomeplug_adapters.windowed_scopes import MergingWindowedBlock, patch_encode
 __all__ = ["HFSam3ViTAdapter", "MergingHFSam3Attention", "MergingHFSam3Layer", "MergingHFSam3ViT", "hf_sam3_vit"]
 
 VIT = "transformers.models.sam3.modeling_sam3.Sam3ViTModel"
+SAM3_PACKAGES = "transformers.models.sam3"  # sam3, sam3_tracker, sam3_tracker_video, sam3_video, ...
 
 
 def hf_sam3_vit(model: nn.Module) -> nn.Module | None:
-    """The ``Sam3ViTModel`` of a transformers SAM 3 model (itself, or the one inside); else None.
+    """The ``Sam3ViTModel`` of a transformers SAM 3 model or a subclass of one (itself, or the one inside); else
+    None.
 
     Raises:
         ValueError: the model holds more than one.
     """
-    return sam3_vit(model, VIT, "transformers.models.sam3")
+    transformers_sam3 = any(path.startswith(SAM3_PACKAGES) for path in class_paths(model))  # a subclass counts
+    return sam3_vit(model, VIT, class_path(model) if transformers_sam3 else SAM3_PACKAGES)
 
 
 def rope_table(position_embeddings: tuple[Tensor, Tensor], n: int) -> Tensor:
