@@ -550,6 +550,60 @@ def test_tune_snippet(tmp_path, monkeypatch):
     assert (tmp_path / "tune.png").is_file() and any((tmp_path / "tune-cache").glob("*.json"))
 
 
+@covers("README.md", "SamModel.from_pretrained(")
+def test_transformers_snippet(tmp_path, monkeypatch):
+    """The transformers snippet as written; the hub id resolves to a folder holding a tiny SamModel and its
+    processor (no hub access), as ``from_pretrained`` resolves a downloaded one."""
+    from transformers import SamModel, SamProcessor
+
+    from tomeplug_eval.hf_architectures import hf_sam
+    from tomeplug_eval.hf_segmenters import hf_processor
+
+    source = block("README.md", "SamModel.from_pretrained(")
+    repo = re.search(r'SamModel\.from_pretrained\("([^"]+)"\)', source.text)[1]
+    folder = tmp_path / repo
+    torch.manual_seed(0)
+    hf_sam(tiny=True).save_pretrained(folder)
+    hf_processor("hf_sam", 256).save_pretrained(folder)
+    for cls in (SamModel, SamProcessor):
+        load = cls.from_pretrained.__func__
+        monkeypatch.setattr(
+            cls, "from_pretrained", classmethod(lambda c, name, _load=load, **kw: _load(c, folder, **kw))
+        )
+    ns = run_python(source, PRELUDES[("README.md", "sam_model_registry[")]())
+    model, inputs, masks = ns["model"], ns["inputs"], ns["masks"]
+    assert masks[0].shape == (1, 1, *ns["image"].shape[:2]) and masks[0].dtype == torch.bool
+    assert tomeplug.active_patch(model) is None  # handle.remove()
+    with torch.no_grad():
+        dense = model(**inputs, multimask_output=False).pred_masks
+        tomeplug.patch(model, "tome", r=0.5, scope="span")
+        merged = model(**inputs, multimask_output=False).pred_masks
+    assert torch.equal(ns["outputs"].pred_masks, merged) and not torch.equal(dense, merged)  # it ran merged
+
+
+@covers("README.md", 'SAM("sam2.1_b.pt")')
+def test_ultralytics_snippet(tmp_path, monkeypatch):
+    """The Ultralytics snippet as written, in a folder holding `sam2.1_b.pt` (a tiny SAM 2 of Ultralytics' own
+    builder, the name mapped to it as Ultralytics maps names to builders) and `photo.jpg`."""
+    from tiny_ultralytics import tiny_sam2
+    from ultralytics.models.sam import build
+
+    source = block("README.md", 'SAM("sam2.1_b.pt")')
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": tiny_sam2().state_dict()}, tmp_path / "sam2.1_b.pt")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save("photo.jpg")
+
+    def tiny_builder(checkpoint: str) -> torch.nn.Module:
+        return build._load_checkpoint(tiny_sam2(seed=1), checkpoint)  # Ultralytics' own loader
+
+    monkeypatch.setitem(build.sam_model_map, "sam2.1_b.pt", tiny_builder)
+    ns = run_python(source)
+    sam, masks = ns["sam"], ns["masks"]
+    assert masks.shape == (1, 48, 64) and masks.dtype == torch.bool
+    assert tomeplug.get_registry().adapter_for(sam.model).name == "ultralytics_sam2_hiera"
+    assert {s["scope"] for s in tomeplug.active_patch(sam.model).to_dict()["layers"].values()} == {"span"}
+
+
 TUNE_APPENDED = ("--no-progress",)
 """Appended to README's tune command (no progress bars); it runs in this process (``tomeplug_eval.tune.main``)
 from a temporary working directory holding the official checkpoint (tiny) and a folder of generated images."""

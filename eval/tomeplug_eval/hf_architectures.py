@@ -49,6 +49,16 @@ def _transformers() -> Any:
     return transformers
 
 
+def default_init(model: nn.Module) -> nn.Module:
+    """``model`` with PyTorch's default initialisation in every layer that has one (``reset_parameters``), in eval
+    mode. transformers leaves some SAM models' weights at zero when built from a config (they are meant to be
+    loaded), which makes every output zero; the research packages' random models are initialised this way."""
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and not isinstance(module, nn.MultiheadAttention):
+            module.reset_parameters()
+    return model.eval()
+
+
 def _with_attention(config: Any, attn_implementation: str) -> Any:
     if attn_implementation not in ("eager", "sdpa"):
         raise ValueError(f"attn_implementation must be 'eager' or 'sdpa', got {attn_implementation!r}")
@@ -68,7 +78,7 @@ def hf_sam(size: str = "b", hq: bool = False, attn_implementation: str = "sdpa",
     config = getattr(tf, f"{prefix}Config")(
         vision_config=vision, prompt_encoder_config=TINY_HF_SAM_PROMPTS if tiny else None, mask_decoder_config=decoder
     )
-    return getattr(tf, f"{prefix}Model")(_with_attention(config, attn_implementation)).eval()
+    return default_init(getattr(tf, f"{prefix}Model")(_with_attention(config, attn_implementation)))
 
 
 HIERA_DEFAULTS = dict(
@@ -104,7 +114,7 @@ def hf_sam2(config: str = "sam2.1/sam2.1_hiera_t.yaml", attn_implementation: str
     """A random-initialised ``Sam2Model`` with the Hiera trunk of an official sam2 yaml."""
     tf = _transformers()
     sam2 = tf.Sam2Config(vision_config=hiera_backbone(config))
-    return tf.Sam2Model(_with_attention(sam2, attn_implementation)).eval()
+    return default_init(tf.Sam2Model(_with_attention(sam2, attn_implementation)))
 
 
 def hf_sam2_tiny(attn_implementation: str = "sdpa", image_size: int = 128) -> nn.Module:
@@ -123,7 +133,7 @@ def hf_sam2_tiny(attn_implementation: str = "sdpa", image_size: int = 128) -> nn
         prompt_encoder_config=dict(hidden_size=32, image_size=image_size),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
     )
-    return tf.Sam2Model(_with_attention(sam2, attn_implementation)).eval()
+    return default_init(tf.Sam2Model(_with_attention(sam2, attn_implementation)))
 
 
 def hf_sam3_tracker(attn_implementation: str = "sdpa", tiny: bool = False) -> nn.Module:
@@ -131,7 +141,7 @@ def hf_sam3_tracker(attn_implementation: str = "sdpa", tiny: bool = False) -> nn
     :data:`.architectures.TINY_SAM3_VIT` at 140 px, with a small prompt encoder and decoder)."""
     tf = _transformers()
     if not tiny:
-        return tf.Sam3TrackerModel(_with_attention(tf.Sam3TrackerConfig(), attn_implementation)).eval()
+        return default_init(tf.Sam3TrackerModel(_with_attention(tf.Sam3TrackerConfig(), attn_implementation)))
     size, grid = 140, 10
     vit = dict(
         hidden_size=64, intermediate_size=296, num_hidden_layers=5, num_attention_heads=4, image_size=size,
@@ -146,7 +156,7 @@ def hf_sam3_tracker(attn_implementation: str = "sdpa", tiny: bool = False) -> nn
         prompt_encoder_config=dict(hidden_size=32, image_size=size),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
     )
-    return tf.Sam3TrackerModel(_with_attention(config, attn_implementation)).eval()
+    return default_init(tf.Sam3TrackerModel(_with_attention(config, attn_implementation)))
 
 
 class PretrainedFolderError(RuntimeError):
