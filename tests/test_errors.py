@@ -89,7 +89,7 @@ def test_strategy_required_without_mapping(encoder):
 
 
 def test_unknown_adapter_name(encoder):
-    with pytest.raises(KeyError, match="unknown adapter 'vit'; installed adapters: hq_sam_vit"):
+    with pytest.raises(KeyError, match="unknown adapter 'vit'; installed adapters: .*hq_sam_vit"):
         tomeplug.patch(encoder, "tome", adapter="vit")
 
 

@@ -212,4 +212,5 @@ TINY_MODELS = {
     "hf_sam_vit": TinyModel("tiny_hf_sam:tiny_hf_sam", {"kind": "sam", "part": "vision"}, None, (1, 3, 128, 128)),
     "hf_sam_hq_vit": TinyModel("tiny_hf_sam:tiny_hf_sam", {"kind": "sam_hq", "part": "vision"}, None, (1, 3, 128, 128)),
     "hf_sam2_hiera": TinyModel("tiny_hf_sam2:tiny_hf_sam2", {}, "vision_encoder", (1, 3, 128, 128)),
+    "hf_sam3_vit": TinyModel("tiny_hf_sam3:tiny_hf_sam3_vit", {}, None, (1, 3, 140, 140)),
 }

@@ -7,6 +7,7 @@ from tomeplug.hookspecs import hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
     from tomeplug_adapters.hf_sam2_hiera import HFSam2HieraAdapter
+    from tomeplug_adapters.hf_sam3_vit import HFSam3ViTAdapter
     from tomeplug_adapters.hf_sam_vit import HFSamHQViTAdapter, HFSamViTAdapter
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
     from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
@@ -31,3 +32,4 @@ def tomeplug_register_adapters(register):
     register(HFSamViTAdapter())
     register(HFSamHQViTAdapter())
     register(HFSam2HieraAdapter())
+    register(HFSam3ViTAdapter())
