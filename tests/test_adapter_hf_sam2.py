@@ -142,7 +142,7 @@ def test_matches_the_models_holding_one_trunk(registry, reference_hiera):
     both = torch.nn.ModuleList([image_model.vision_encoder, video_model.vision_encoder])
     both.__class__ = type("TwoTrunks", (torch.nn.ModuleList,), {"__module__": "transformers.fake"})
     assert not adapter.matches(both)
-    with pytest.raises(ValueError, match="holds 2 Sam2HieraDetModels; patch each one on its own"):
+    with pytest.raises(ValueError, match="holds 2 Sam2HieraDetModels; patch each Sam2HieraDetModel"):
         adapter.blocks(both)
 
 

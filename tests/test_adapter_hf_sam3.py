@@ -64,7 +64,7 @@ def test_matches_the_vit_and_every_sam3_model_holding_one(registry):
     model = tiny_hf_sam3()
     model.second_vit = tiny_hf_sam3_vit()
     assert not adapter.matches(model)
-    with pytest.raises(ValueError, match="holds 2 sam3 ViTs"):
+    with pytest.raises(ValueError, match="holds 2 Sam3ViTModels"):
         hf_sam3_vit(model)
 
 

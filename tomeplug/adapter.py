@@ -59,3 +59,21 @@ def class_path(obj: object) -> str:
 def class_paths(obj: object) -> set[str]:
     """``module.QualName`` of an object's class and all its bases (matching subclasses by name)."""
     return {f"{cls.__module__}.{cls.__qualname__}" for cls in type(obj).__mro__}
+
+
+def sole_module(model: nn.Module, target: str, packages: str | tuple[str, ...]) -> nn.Module | None:
+    """``model`` if it is a ``target`` (a class path, subclasses included); else the one ``target`` among the
+    modules of a model whose class (or a base of it) comes from ``packages`` (module-path prefixes); else None.
+
+    Raises:
+        ValueError: the model holds more than one (each must be patched on its own).
+    """
+    if target in class_paths(model):
+        return model
+    if not any(path.startswith(packages) for path in class_paths(model)):
+        return None
+    found = [module for module in model.modules() if target in class_paths(module)]
+    if len(found) > 1:
+        name = target.rsplit(".", 1)[-1]
+        raise ValueError(f"{class_path(model)} holds {len(found)} {name}s; patch each {name} (a module) on its own")
+    return found[0] if found else None

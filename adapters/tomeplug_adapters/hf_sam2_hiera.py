@@ -34,7 +34,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomeplug.adapter import Adapter, class_path, class_paths
+from tomeplug.adapter import Adapter, class_path, sole_module
 from tomeplug.classswap import swap_class
 from tomeplug.setting import Setting
 from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
@@ -54,14 +54,7 @@ def hf_hiera(model: nn.Module) -> nn.Module | None:
     Raises:
         ValueError: the model holds more than one.
     """
-    if HIERA_DET in class_paths(model):
-        return model
-    if not any(path.startswith("transformers.") for path in class_paths(model)):
-        return None  # not a transformers model (nor a subclass of one)
-    found = [module for module in model.modules() if HIERA_DET in class_paths(module)]
-    if len(found) > 1:
-        raise ValueError(f"{class_path(model)} holds {len(found)} Sam2HieraDetModels; patch each one on its own")
-    return found[0] if found else None
+    return sole_module(model, HIERA_DET, "transformers.")
 
 
 def keeps_shape(block: nn.Module) -> bool:

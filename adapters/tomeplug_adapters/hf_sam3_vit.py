@@ -35,13 +35,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from tomeplug.adapter import Adapter, class_path, class_paths
-from tomeplug.classswap import is_swapped, swap_class
+from tomeplug.adapter import Adapter, class_path, sole_module
+from tomeplug.classswap import swap_class
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan
 from tomeplug.setting import Setting
-from tomeplug_adapters.hf_sam_vit import _recording, refuse_recording
-from tomeplug_adapters.sam3_vit import sam3_vit
+from tomeplug_adapters.hf_outputs import recording, refuse_recording, register_recording
 from tomeplug_adapters.sam3_vit_attention import MergedRope, attend, kept_rotations
 from tomeplug_adapters.sam_vit_attention import plan_positions
 from tomeplug_adapters.windowed_scopes import MergingWindowedBlock, patch_encoder_loop, run_blocks, run_merged
@@ -59,8 +58,7 @@ def hf_sam3_vit(model: nn.Module) -> nn.Module | None:
     Raises:
         ValueError: the model holds more than one.
     """
-    transformers_sam3 = any(path.startswith(SAM3_PACKAGES) for path in class_paths(model))  # a subclass counts
-    return sam3_vit(model, VIT, class_path(model) if transformers_sam3 else SAM3_PACKAGES)
+    return sole_module(model, VIT, SAM3_PACKAGES)
 
 
 def rope_table(position_embeddings: tuple[Tensor, Tensor], n: int) -> Tensor:
@@ -187,7 +185,7 @@ class MergingHFSam3ViT(nn.Module):
         return self.layers
 
     def forward(self, pixel_values: Tensor, **kwargs):
-        return _recording(run_spans)(self, pixel_values, **kwargs)  # under upstream's output capture
+        return recording(run_spans)(self, pixel_values, **kwargs)  # under upstream's output capture
 
 
 def run_spans(vit: nn.Module, pixel_values: Tensor, **kwargs):
@@ -241,7 +239,4 @@ class HFSam3ViTAdapter(Adapter):
             swap_class(layer, MergingHFSam3Layer)
             layer.tomeplug_setting = setting
         patch_encoder_loop(vit, MergingHFSam3ViT, schedule)  # runs end at global layers (never in a run)
-        if is_swapped(vit):  # transformers keys what a model records by its class name: the swapped one's too
-            from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-
-            _CAN_RECORD_REGISTRY[vit] = vit._can_record_outputs
+        register_recording(vit)

@@ -27,37 +27,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from functools import cache
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from tomeplug.adapter import class_path, class_paths
-from tomeplug.classswap import is_swapped, swap_class
+from tomeplug.classswap import swap_class
 from tomeplug.setting import Setting
+from tomeplug_adapters.hf_outputs import recording, refuse_recording, register_recording
 from tomeplug_adapters.sam_vit import SamViTAdapter
 from tomeplug_adapters.sam_vit_attention import MergingSamAttention
 from tomeplug_adapters.sam_vit_scopes import MergingSamBlock, MergingSamEncoder
 from tomeplug_adapters.windowed_scopes import patch_encoder_loop
-
-WHY_NOT = {
-    "attentions": "merged layers attend over merged tokens, so no dense attention weights exist",
-    "hidden_states": "a span runs its layers on one plan's merged tokens, so no per-layer map exists "
-    "(scope='block' records one per layer)",
-}
-
-
-def refuse_recording(output: str) -> None:
-    """Raise if the transformers forward running now records ``output`` (``"attentions"`` or
-    ``"hidden_states"``), which the merged layers cannot give (:data:`WHY_NOT`)."""
-    from transformers.utils.output_capturing import _active_collector
-
-    collected = _active_collector.get()
-    if collected and output in collected:
-        raise ValueError(
-            f"output_{output}=True on a tomeplug-patched model: {WHY_NOT[output]}. Call without it, or unpatch "
-            "(tomeplug.unpatch) for the dense model's."
-        )
 
 
 def refuse_dropout(attn: nn.Module) -> None:
@@ -108,14 +89,6 @@ class MergingHFSamLayer(MergingSamBlock):
         return super().forward(hidden_states)
 
 
-@cache
-def _recording(forward: Any) -> Any:
-    """``forward`` under transformers' output capture, as the vision encoders' own forward runs."""
-    from transformers.utils.output_capturing import capture_outputs
-
-    return capture_outputs(tie_last_hidden_states=False)(forward)
-
-
 def _encode(encoder: MergingHFSamEncoder, pixel_values: Tensor | None = None, **kwargs: Any) -> Any:
     """The body of :meth:`MergingHFSamEncoder.forward` (``kwargs``: the output flags, read by the capture)."""
     if pixel_values is None:
@@ -141,7 +114,7 @@ class MergingHFSamEncoder(MergingSamEncoder):
         return self.layers
 
     def forward(self, pixel_values: Tensor | None = None, **kwargs: Any) -> Any:
-        return _recording(_encode)(self, pixel_values, **kwargs)
+        return recording(_encode)(self, pixel_values, **kwargs)
 
 
 class MergingHFSamHQEncoder(MergingHFSamEncoder):
@@ -189,10 +162,7 @@ class HFSamViTAdapter(SamViTAdapter):
             swap_class(layer, MergingHFSamLayer)
             layer.tomeplug_setting = setting
         patch_encoder_loop(encoder, self.encoder_mixin, schedule)
-        if is_swapped(encoder):  # transformers keys what a model records by its class name: the swapped one's too
-            from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-
-            _CAN_RECORD_REGISTRY[encoder] = encoder._can_record_outputs
+        register_recording(encoder)
 
 
 class HFSamHQViTAdapter(HFSamViTAdapter):

@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from tomeplug.adapter import Adapter, class_path, class_paths
+from tomeplug.adapter import Adapter, class_path, sole_module
 from tomeplug.classswap import swap_class
 from tomeplug.plan import MergePlan
 from tomeplug.setting import Setting
@@ -52,14 +52,7 @@ def sam3_vit(model: nn.Module, vit_class: str = VIT, package: str = "sam3.") -> 
     Raises:
         ValueError: the model holds more than one ViT.
     """
-    if vit_class in class_paths(model):
-        return model
-    if not class_path(model).startswith(package):
-        return None
-    found = [module for module in model.modules() if vit_class in class_paths(module)]
-    if len(found) > 1:
-        raise ValueError(f"{class_path(model)} holds {len(found)} sam3 ViTs; patch each ViT (a module) on its own")
-    return found[0] if found else None
+    return sole_module(model, vit_class, package)
 
 
 class MergingSam3Block(MergingWindowedBlock):
