@@ -34,6 +34,8 @@ MODELS = {
     "hq_sam": lambda: seeded(lambda: tiny_sam("segment_anything_hq")),
     "sam2": lambda: seeded(tiny_sam2),
 }
+OTHER_PACKAGES = ["hf_sam_tiny", "hf_sam_hq_tiny", "hf_sam2_tiny", "hf_sam3_tiny", "sam3_tiny", "ultralytics_sam2_tiny"]
+"""Harness models of the other families (transformers, SAM 3, Ultralytics) the search decodes with."""
 
 
 def images(count: int = 2, seed: int = 0) -> list[np.ndarray]:
@@ -68,6 +70,22 @@ def test_meets_the_flops_target_and_patches_as_returned(family):
     }
     handle.remove()
     assert "## Per-block sensitivity" in report.to_markdown() and report.to_dict()["final"]["loss"] == report.final.loss
+
+
+@pytest.mark.parametrize("name", OTHER_PACKAGES)
+def test_every_harness_family_is_tuned_with_its_decoder(name):
+    """transformers, SAM 3 and Ultralytics models: the schedule meets the target, fidelity includes their masks."""
+    from tomeplug_eval.model_catalog import MODELS as CATALOG
+    from tomeplug_eval.model_catalog import build_model
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        model = build_model(name)
+    target = 0.999 if name == "sam3_tiny" else 0.95  # sam3's encoder is mostly its two FPN necks at tiny size
+    schedule, report = tune(model, images(1), {"flops": target}, r=[0.5], boxes_per_side=1)
+    assert report.final.flops_ratio <= target and schedule
+    assert f"mask IoU ({CATALOG[name].family} decoder" in report.fidelity and report.final.mask_iou is not None
+    assert tomeplug.active_patch(model) is None
 
 
 def test_fidelity_matches_an_independent_computation():

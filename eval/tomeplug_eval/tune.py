@@ -275,8 +275,9 @@ def tune(
     """Search the most faithful schedule meeting ``target``; returns it and a :class:`TuneReport`.
 
     Args:
-        model: an unpatched model a tomeplug adapter patches: a whole SAM, HQ-SAM or SAM 2 (fidelity then
-            includes its decoder's masks) or any other (embedding cosine only; the report says so).
+        model: an unpatched model a tomeplug adapter patches: a whole model of a harness family (SAM, HQ-SAM,
+            SAM 2, SAM 3, their transformers and Ultralytics versions; fidelity then includes its decoder's
+            masks) or any other (embedding cosine only; the report says so).
         images: calibration images: (H, W, 3) uint8 arrays or ImageItems (SAM family), or the model's
             preprocessed (B, C, H, W) input tensor (other models).
         target: ``{"flops": 0.8}`` / ``"flops=0.8"`` (FLOPs ratio at most) or ``{"speedup": 1.2}`` (measured).
@@ -318,7 +319,7 @@ def tune(
     fidelity = (
         f"mask IoU ({probe.decoder} decoder, {len(probe.boxes)} grid box prompts per image) and embedding cosine"
         if probe.decoder is not None
-        else f"embedding cosine only: no decoder known for {type(model).__name__} (SAM, HQ-SAM and SAM 2 have one)"
+        else f"embedding cosine only: no decoder known for {type(model).__name__} (the harness's model families have one)"
     )
     report = TuneReport(
         schedule=schedule,

@@ -5,8 +5,9 @@ per image the image embedding and (where the model's decoder is known) the masks
 set of box prompts. Prompts need no labels: a ``boxes_per_side`` x ``boxes_per_side`` grid of boxes tiling
 the encoder's input, plus one centred box of half its side, the same for every image and every schedule.
 
-- SAM, HQ-SAM and SAM 2 / 2.1 models (the whole model, recognised by class name): :class:`SegmenterProbe`,
-  through :mod:`.segmenters` (the official predictors' prompt encoding and mask decoding). Images are
+- Whole models of the harness's families (SAM, HQ-SAM, SAM 2 / 2.1, SAM 3, and transformers' and Ultralytics'
+  versions; recognised by class name, :data:`FAMILY_CLASSES`): :class:`SegmenterProbe`, through
+  :mod:`.segmenters` (each package's own prompt encoding and mask decoding). Images are
   (H, W, 3) uint8 arrays (or :class:`~.data.ImageItem`), stretched to the square input as HQ-SAM's protocol.
 - Any other model a tomeplug adapter patches (an image encoder alone, a timm ViT, a third party's):
   :class:`EmbeddingProbe`, embedding cosine only; images are its preprocessed input, a (B, C, H, W)
@@ -36,8 +37,17 @@ FAMILY_CLASSES = {
     "segment_anything.modeling.sam.Sam": "sam",
     "segment_anything_hq.modeling.sam.Sam": "hq_sam",
     "sam2.modeling.sam2_base.SAM2Base": "sam2",
+    "sam3.model.sam3_image.Sam3Image": "sam3",
+    "transformers.models.sam.modeling_sam.SamModel": "hf_sam",
+    "transformers.models.sam_hq.modeling_sam_hq.SamHQModel": "hf_sam_hq",
+    "transformers.models.sam2.modeling_sam2.Sam2Model": "hf_sam2",
+    "transformers.models.sam3_tracker.modeling_sam3_tracker.Sam3TrackerModel": "hf_sam3",
+    "ultralytics.models.sam.modules.sam.SAMModel": "ultralytics_sam",
+    "ultralytics.models.sam.modules.sam.SAM2Model": "ultralytics_sam2",
 }
-"""Class path (the class or a base) -> the family whose decoder :mod:`.segmenters` knows."""
+"""Class path (the class or a base) -> the family whose decoder :mod:`.segmenters` knows (the harness's)."""
+NO_PROBE_CLASSES = {"ultralytics.models.sam.modules.sam.SAM3Model": "its interactive predictor is not in the harness"}
+"""Whole models of a known family's subclass that the family's segmenter cannot decode, with the reason."""
 
 
 @attrs.frozen
@@ -49,8 +59,11 @@ class ProbeOutput:
 
 
 def model_family(model: nn.Module) -> str | None:
-    """``"sam"``, ``"hq_sam"`` or ``"sam2"`` for a whole official model, else None (judged by class names)."""
+    """The harness family of a whole model whose decoder :mod:`.segmenters` knows (``"sam"``, ``"hq_sam"``,
+    ``"sam2"``, ``"sam3"``, ``"hf_sam"``, ..., ``"ultralytics_sam2"``), else None (judged by class names)."""
     paths = class_paths(model)
+    if paths & NO_PROBE_CLASSES.keys():
+        return None
     return next((family for path, family in FAMILY_CLASSES.items() if path in paths), None)
 
 
@@ -70,7 +83,8 @@ class Probe:
     """Runs the model (as currently patched) on the calibration images; see the module docstring."""
 
     decoder: str | None
-    """The decoder whose masks are compared (``"sam"``, ``"hq_sam"``, ``"sam2"``), or None: embeddings only."""
+    """The decoder whose masks are compared (a harness family: ``"sam"``, ``"hf_sam2"``, ...), or None: embeddings
+    only."""
     encoder: nn.Module
     """The module whose FLOPs and time count (the image encoder)."""
 
@@ -113,7 +127,7 @@ def _digest_arrays(arrays: Iterable[np.ndarray | Tensor], extra: Any) -> str:
 
 
 class SegmenterProbe(Probe):
-    """SAM, HQ-SAM, SAM 2: embeddings and the decoded masks of the grid prompts."""
+    """A whole model of a known family: embeddings and the decoded masks of the grid prompts."""
 
     def __init__(self, model: nn.Module, family: str, images: Sequence[Any], boxes_per_side: int = 2) -> None:
         self.decoder = family
@@ -155,7 +169,7 @@ class EmbeddingProbe(Probe):
     def __init__(self, model: nn.Module, images: Tensor) -> None:
         if not isinstance(images, Tensor) or images.ndim != 4:
             raise ValueError(
-                f"{type(model).__name__} has no decoder tomeplug_eval knows (SAM, HQ-SAM, SAM 2): give its "
+                f"{type(model).__name__} has no decoder tomeplug_eval knows (the harness's model families): give its "
                 f"preprocessed input as calibration images, a (B, C, H, W) float tensor, not {type(images).__name__}"
             )
         self.encoder, self.images = model, images
@@ -182,7 +196,7 @@ class EmbeddingProbe(Probe):
 
 
 def make_probe(model: nn.Module, images: Any, boxes_per_side: int = 2) -> Probe:
-    """The probe for ``model``: its family's decoder if it is a whole SAM / HQ-SAM / SAM 2, else embeddings."""
+    """The probe for ``model``: its family's decoder if it is a whole model of a known family, else embeddings."""
     family = model_family(model)
     if family is None:
         return EmbeddingProbe(model, images)
