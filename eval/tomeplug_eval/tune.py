@@ -319,7 +319,7 @@ def tune(
     fidelity = (
         f"mask IoU ({probe.decoder} decoder, {len(probe.boxes)} grid box prompts per image) and embedding cosine"
         if probe.decoder is not None
-        else f"embedding cosine only: no decoder known for {type(model).__name__} (the harness's model families have one)"
+        else f"embedding cosine only: no decoder known for {type(model).__name__} (harness families have one)"
     )
     report = TuneReport(
         schedule=schedule,
