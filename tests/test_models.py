@@ -23,7 +23,53 @@ OFFICIAL_FILES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+HF_REPOS = {
+    "hf_sam_vit_b": "facebook/sam-vit-base", "hf_sam_vit_l": "facebook/sam-vit-large",
+    "hf_sam_vit_h": "facebook/sam-vit-huge", "hf_sam_hq_vit_b": "syscv-community/sam-hq-vit-base",
+    "hf_sam_hq_vit_l": "syscv-community/sam-hq-vit-large", "hf_sam_hq_vit_h": "syscv-community/sam-hq-vit-huge",
+    "hf_sam2_hiera_t": "facebook/sam2-hiera-tiny", "hf_sam2_hiera_s": "facebook/sam2-hiera-small",
+    "hf_sam2_hiera_b+": "facebook/sam2-hiera-base-plus", "hf_sam2_hiera_l": "facebook/sam2-hiera-large",
+    "hf_sam2.1_hiera_t": "facebook/sam2.1-hiera-tiny", "hf_sam2.1_hiera_s": "facebook/sam2.1-hiera-small",
+    "hf_sam2.1_hiera_b+": "facebook/sam2.1-hiera-base-plus", "hf_sam2.1_hiera_l": "facebook/sam2.1-hiera-large",
+    "hf_sam3": "facebook/sam3",
+}  # fmt: skip
+"""The Hugging Face repositories of the transformers models (their checkpoint: a from_pretrained folder)."""
+ULTRALYTICS_FILES = {
+    "ultralytics_sam_vit_b": ("sam_b.pt", "sam_vit_b"), "ultralytics_sam_vit_l": ("sam_l.pt", "sam_vit_l"),
+    "ultralytics_sam_vit_h": ("sam_h.pt", "sam_vit_h"), "ultralytics_sam2_hiera_t": ("sam2_t.pt", "sam2_t"),
+    "ultralytics_sam2_hiera_s": ("sam2_s.pt", "sam2_s"), "ultralytics_sam2_hiera_b+": ("sam2_b.pt", "sam2_b"),
+    "ultralytics_sam2_hiera_l": ("sam2_l.pt", "sam2_l"), "ultralytics_sam2.1_hiera_t": ("sam2.1_t.pt", "sam2_t"),
+    "ultralytics_sam2.1_hiera_s": ("sam2.1_s.pt", "sam2_s"), "ultralytics_sam2.1_hiera_b+": ("sam2.1_b.pt", "sam2_b"),
+    "ultralytics_sam2.1_hiera_l": ("sam2.1_l.pt", "sam2_l"),
+}  # fmt: skip
+"""Ultralytics' checkpoint file and builder (``build_<builder>``) per model, as its ``sam_model_map``."""
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODELS if n.startswith("hf_")))
+def test_transformers_entries_name_their_repository(name):
+    spec = MODELS[name]
+    assert spec.family.startswith("hf_") and spec.pretrained_folder and (CONF / "model" / f"{name}.yaml").is_file()
+    if name.endswith("_tiny"):
+        assert spec.checkpoint is None
+    else:
+        assert f"{spec.url}{spec.checkpoint}" == f"https://huggingface.co/{HF_REPOS[name]}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODELS if n.startswith("ultralytics_")))
+def test_ultralytics_entries_use_its_files_and_builders(name):
+    from ultralytics.models.sam import build
+
+    spec = MODELS[name]
+    assert spec.family.startswith("ultralytics_") and (CONF / "model" / f"{name}.yaml").is_file()
+    if name.endswith("_tiny"):
+        assert spec.checkpoint is None
+        return
+    file, builder = ULTRALYTICS_FILES[name]
+    assert spec.checkpoint == file and build.sam_model_map[file] is getattr(build, f"build_{builder}")
+    assert spec.build.args == (builder,) and spec.state_dict_key == "model"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODELS if not n.startswith(("hf_", "ultralytics_"))))
 def test_every_entry_resolves_with_its_official_file_and_a_harness_config(name):
     spec = MODELS[name]
     assert spec.family in ("sam", "hq_sam", "sam2", "sam3") and spec.checkpoint == OFFICIAL_FILES.get(name)

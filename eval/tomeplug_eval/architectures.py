@@ -34,14 +34,19 @@ def registry_model(package: str, name: str) -> nn.Module:
     return module.sam_model_registry[name](checkpoint=None)
 
 
-def tiny_sam(package: str = "segment_anything") -> nn.Module:
-    """A small official ``Sam`` (or HQ-SAM): ViT encoder embed 64, depth 4, windows of 7, 256x256 input."""
+def tiny_sam(
+    package: str = "segment_anything", depth: int = 4, global_attn_indexes: tuple[int, ...] = (1, 3)
+) -> nn.Module:
+    """A small official ``Sam`` (or HQ-SAM): ViT encoder embed 64, depth 4, windows of 7, 256x256 input.
+
+    ``depth`` and ``global_attn_indexes`` give an official size's block layout (ViT-L: 24, (5, 11, 17, 23)), so
+    its published schedule applies."""
     ensure_torchvision()
     modeling = __import__(f"{package}.modeling", fromlist=["Sam"])
     hq = package == "segment_anything_hq"
     encoder = modeling.ImageEncoderViT(
-        img_size=256, embed_dim=64, depth=4, num_heads=4, out_chans=32, use_rel_pos=True,
-        window_size=7, global_attn_indexes=[1, 3],
+        img_size=256, embed_dim=64, depth=depth, num_heads=4, out_chans=32, use_rel_pos=True,
+        window_size=7, global_attn_indexes=list(global_attn_indexes),
     )  # fmt: skip
     decoder = (modeling.MaskDecoderHQ if hq else modeling.MaskDecoder)(
         transformer_dim=32,
