@@ -5,7 +5,8 @@ counterpart have the same dense FLOPs: SAM / HQ-SAM ViT sizes as ``segment_anyth
 SAM 2 / 2.1 Hiera trunks read from the official ``sam2`` yamls (embed dim, heads, stages, windows, global
 blocks), SAM 3's tracker (``Sam3TrackerModel``: SAM 3's ViT with SAM 2's prompt encoder and mask decoder, the
 model behind point and box prompts) at the config's defaults. Tiny variants mirror :mod:`.architectures`'
-tiny models dimension for dimension.
+tiny models dimension for dimension. SAM 2 models also build as ``Sam2VideoModel`` (``video=True``: the video
+task), from the same vision config.
 
 Loading is strict: :func:`hf_pretrained` reads ``config.json`` and the weights from a folder (what
 ``huggingface-cli download facebook/sam-vit-base --local-dir DIR`` leaves), checks the folder's model class and
