@@ -59,8 +59,9 @@ def test_baseline_and_merged_rows(tmp_path, weights, video_model):
     assert table.count("| hf_sam2_tiny | checkpoint | synthetic_video |") == 3
 
 
-def test_late_object_gets_its_own_pass(video_model, tmp_path):
-    """An object prompted on frame 2 is tracked from there in a second pass; one id per pixel; PNGs lossless."""
+def test_late_object_gets_its_own_pass(video_model, tmp_path, capsys):
+    """An object prompted on frame 2 is tracked from there in a second pass; one id per pixel; PNGs lossless;
+    transformers' propagation bar shown with ``progress``."""
     item = synthetic_video(count=1, frames=4, size=(48, 64), seed=3, cache_dir=tmp_path / "cache")[0]
     first = item.object_ids[0]
     masks = {
@@ -68,7 +69,8 @@ def test_late_object_gets_its_own_pass(video_model, tmp_path):
         for f, objects in item.masks.items()
     }
     late = VideoItem(item.name, item.frame_paths, masks, prompts={1: 0, 2: 2}, size=item.size)
-    result = run_hf_vos(video_model, late, output_dir=tmp_path / "out", progress=False)
+    result = run_hf_vos(video_model, late, output_dir=tmp_path / "out", progress=True)
+    assert "propagate in video" in capsys.readouterr().err
     assert len(result.encoder_seconds) == 4 + 2  # frames 0..3 for object 1, then 2..3 for object 2
     assert sorted(result.masks) == [0, 1, 2, 3] and all(sorted(o) == [1, 2] for o in result.masks.values())
     assert not result.masks[0][2].any() and not result.masks[1][2].any()  # not tracked before its prompt
