@@ -12,10 +12,15 @@ from harness_helpers import run, run_video  # noqa: E402
 from tiny_models import _randomise  # noqa: E402
 
 from tomeplug_eval.flops import count_flops  # noqa: E402
-from tomeplug_eval.hf_architectures import sam2_video_fields  # noqa: E402
+from tomeplug_eval.hf_architectures import hf_sam2, sam2_video_fields  # noqa: E402
 from tomeplug_eval.model_catalog import RandomWeightsWarning, build_model  # noqa: E402
 from tomeplug_eval.video import VideoItem, read_predictions, synthetic_video  # noqa: E402
 from tomeplug_eval.video.hf_vos import run_hf_vos  # noqa: E402
+
+
+def count(module: torch.nn.Module) -> int:
+    """The number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +85,25 @@ def test_late_object_gets_its_own_pass(video_model, tmp_path, capsys):
     assert all(np.array_equal(stored[f][o], result.masks[f][o]) for f in result.masks for o in (1, 2))
 
 
-def test_video_fields_follow_the_sam2_version():
-    """SAM 2.1's occlusion embedding and object-pointer temporal encoding, absent in SAM 2 (as transformers'
-    conversion of the official checkpoints sets them)."""
+@pytest.mark.parametrize("version", ["sam2", "sam2.1"])
+def test_video_model_has_the_research_model_parameters(version):
+    """``Sam2VideoModel`` from an official yaml has SAM 2's video model's parameter count, part by part (so an
+    official folder's architecture check passes): SAM 2.1's occlusion embedding and object-pointer temporal
+    projection exist only in 2.1, as transformers' conversion of the official checkpoints sets them."""
+    from tomeplug_eval.architectures import sam2_model
+
+    config = f"{version}/{version}_hiera_t.yaml"
+    ours, theirs = hf_sam2(config, video=True), sam2_model(config)
+    parts = {"vision_encoder": "image_encoder", "memory_attention": "memory_attention",
+             "memory_encoder": "memory_encoder", "mask_decoder": "sam_mask_decoder"}  # fmt: skip
+    for hf, research in parts.items():
+        assert count(getattr(ours, hf)) == count(getattr(theirs, research)), hf
+    assert count(ours) == count(theirs)
+    fields = sam2_video_fields(config)
     flags = ("enable_occlusion_spatial_embedding", "enable_temporal_pos_encoding_for_object_pointers")
-    v21, v2 = sam2_video_fields("sam2.1/sam2.1_hiera_l.yaml"), sam2_video_fields("sam2/sam2_hiera_l.yaml")
-    assert [v21[f] for f in flags] == [True, True] and [v2[f] for f in flags] == [False, False]
-    assert v21["image_size"] == v2["image_size"] == 1024 and v21["num_maskmem"] == 7
+    assert [fields[f] for f in flags] == [version == "sam2.1"] * 2 and fields["image_size"] == 1024
+
+
+def test_a_transformers_model_without_a_video_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="video datasets need a SAM 2 model; got hf_sam3_tiny .*hf_sam2_tiny"):
+        run_video(tmp_path, "model=hf_sam3_tiny")
