@@ -1,4 +1,4 @@
-"""Encoder FLOPs per (model, schedule, input size), counted once with fvcore and cached under output_dir.
+"""Encoder FLOPs per (model, encoder, schedule, input size), counted once with fvcore and cached under output_dir.
 
 FLOPs do not depend on the weights or on the image content (merging removes a fixed share of every
 attention call's tokens), so one count serves every dataset and every rerun of a schedule: a sweep of
@@ -26,7 +26,9 @@ def encoder_flops(
     ``code`` being the merging code's identity (``RunSpec.merging_code``)."""
     encoder, inputs = task.flops_input()
     schedule = None if handle is None else {"blocks": handle.to_dict(), "code": code}
-    key = digest({"model": model, "schedule": schedule, "input": [list(x.shape) for x in inputs]})
+    size = sum(p.numel() for p in encoder.parameters())  # one name can build two encoders (hf_sam2_tiny's video neck)
+    identity = {"model": model, "encoder": [type(encoder).__name__, size], "schedule": schedule}
+    key = digest({**identity, "input": [list(x.shape) for x in inputs]})
     path = Path(output_dir) / "cache" / "flops" / f"{key}.json"
     cached = read_json(path)
     if cached is not None:

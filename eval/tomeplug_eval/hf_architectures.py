@@ -5,7 +5,8 @@ counterpart have the same dense FLOPs: SAM / HQ-SAM ViT sizes as ``segment_anyth
 SAM 2 / 2.1 Hiera trunks read from the official ``sam2`` yamls (embed dim, heads, stages, windows, global
 blocks), SAM 3's tracker (``Sam3TrackerModel``: SAM 3's ViT with SAM 2's prompt encoder and mask decoder, the
 model behind point and box prompts) at the config's defaults. Tiny variants mirror :mod:`.architectures`'
-tiny models dimension for dimension.
+tiny models dimension for dimension. SAM 2 models also build as ``Sam2VideoModel`` (``video=True``: the video
+task), from the same vision config.
 
 Loading is strict: :func:`hf_pretrained` reads ``config.json`` and the weights from a folder (what
 ``huggingface-cli download facebook/sam-vit-base --local-dir DIR`` leaves), checks the folder's model class and
@@ -110,30 +111,66 @@ def hiera_backbone(config: str, image_size: int | None = None) -> dict[str, Any]
     return dict(backbone_config=backbone, backbone_channel_list=channels, backbone_feature_sizes=feature_sizes)
 
 
-def hf_sam2(config: str = "sam2.1/sam2.1_hiera_t.yaml", attn_implementation: str = "sdpa") -> nn.Module:
-    """A random-initialised ``Sam2Model`` with the Hiera trunk of an official sam2 yaml."""
-    tf = _transformers()
-    sam2 = tf.Sam2Config(vision_config=hiera_backbone(config))
-    return default_init(tf.Sam2Model(_with_attention(sam2, attn_implementation)))
+def sam2_video_fields(config: str) -> dict[str, Any]:
+    """The ``Sam2VideoConfig`` fields an official sam2 yaml decides: SAM 2.1's occlusion embedding
+    (``no_obj_embed_spatial``) and projected temporal encoding of object pointers (``add_tpos_enc_to_obj_ptrs``),
+    both off in SAM 2 (as transformers' conversion of the official checkpoints sets them)."""
+    cfg = sam2_config(config, postprocessing=False)
+    return dict(
+        image_size=int(cfg.image_size),
+        num_maskmem=int(cfg.num_maskmem),
+        enable_occlusion_spatial_embedding=bool(cfg.get("no_obj_embed_spatial", False)),
+        enable_temporal_pos_encoding_for_object_pointers=bool(cfg.get("add_tpos_enc_to_obj_ptrs", False)),
+    )
 
 
-def hf_sam2_tiny(attn_implementation: str = "sdpa", image_size: int = 128) -> nn.Module:
+def _sam2_model(tf: Any, parts: dict[str, Any], attn_implementation: str, video: dict[str, Any] | None) -> nn.Module:
+    """``Sam2Model`` of ``parts`` (vision, prompt encoder, decoder configs), or with ``video`` (the memory's
+    ``Sam2VideoConfig`` fields) ``Sam2VideoModel``, random-initialised."""
+    if video is None:
+        return default_init(tf.Sam2Model(_with_attention(tf.Sam2Config(**parts), attn_implementation)))
+    return default_init(tf.Sam2VideoModel(_with_attention(tf.Sam2VideoConfig(**parts, **video), attn_implementation)))
+
+
+def hf_sam2(
+    config: str = "sam2.1/sam2.1_hiera_t.yaml", attn_implementation: str = "sdpa", video: bool = False
+) -> nn.Module:
+    """A random-initialised ``Sam2Model`` with the Hiera trunk of an official sam2 yaml; ``video``: the
+    ``Sam2VideoModel`` of that yaml (the same vision config, transformers' memory defaults, which are SAM 2's)."""
+    parts = dict(vision_config=hiera_backbone(config))
+    return _sam2_model(_transformers(), parts, attn_implementation, sam2_video_fields(config) if video else None)
+
+
+TINY_HF_SAM2_VIDEO_HIDDEN = 128
+"""The tiny video model's FPN, prompt, decoder and memory width: transformers fixes the memory at 64 channels
+and splits wider object pointers into 64-channel tokens (SAM 2: 256 over 64), so it must exceed 64."""
+
+
+def hf_sam2_tiny(attn_implementation: str = "sdpa", image_size: int = 128, video: bool = False) -> nn.Module:
     """``Sam2Model`` with :func:`.architectures.tiny_sam2_config`'s trunk (embed 16, stages 1-2-3-2, windows
-    8-4-6-3, global block 5) and a small neck, prompt encoder and decoder."""
-    tf = _transformers()
+    8-4-6-3, global block 5) and a small neck, prompt encoder and decoder; ``video``: ``Sam2VideoModel`` with
+    that trunk, one memory-attention layer and :data:`TINY_HF_SAM2_VIDEO_HIDDEN`-wide parts (so its neck, and
+    its encoder FLOPs, differ from the image model's)."""
     vision = hiera_backbone("sam2.1/sam2.1_hiera_t.yaml", image_size)
     vision["backbone_config"].update(
         hidden_size=16, num_attention_heads=2, blocks_per_stage=[1, 2, 3, 2], embed_dim_per_stage=[16, 32, 64, 128],
         num_attention_heads_per_stage=[2, 4, 8, 16], window_size_per_stage=[8, 4, 6, 3], global_attention_blocks=[5],
         window_positional_embedding_background_size=[4, 4],
     )  # fmt: skip
-    vision.update(backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32)
-    sam2 = tf.Sam2Config(
+    hidden = TINY_HF_SAM2_VIDEO_HIDDEN if video else 32
+    vision.update(backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=hidden)
+    parts = dict(
         vision_config=vision,
-        prompt_encoder_config=dict(hidden_size=32, image_size=image_size),
-        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=image_size),
+        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
     )
-    return default_init(tf.Sam2Model(_with_attention(sam2, attn_implementation)))
+    memory = dict(
+        image_size=image_size, num_maskmem=3, memory_attention_hidden_size=hidden, memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=[image_size // 16] * 2,
+        memory_encoder_hidden_size=hidden, mask_downsampler_embed_dim=hidden, memory_fuser_embed_dim=hidden,
+        memory_fuser_intermediate_dim=64,
+    )  # fmt: skip
+    return _sam2_model(_transformers(), parts, attn_implementation, memory if video else None)
 
 
 def hf_sam3_tracker(attn_implementation: str = "sdpa", tiny: bool = False) -> nn.Module:

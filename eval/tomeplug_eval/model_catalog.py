@@ -296,7 +296,8 @@ def build_model(name: str, checkpoint: str | Path | None = None, **options: Any)
             :class:`RandomWeightsWarning`.
         options: builder options; SAM 2 models take ``target`` (another model class, e.g.
             ``"sam2.sam2_video_predictor.SAM2VideoPredictor"``) and model fields such as ``fill_hole_area=8``;
-            transformers models take ``attn_implementation`` (``"sdpa"``, the default, or ``"eager"``).
+            transformers models take ``attn_implementation`` (``"sdpa"``, the default, or ``"eager"``), and
+            ``hf_sam2*`` models ``video=True`` (``Sam2VideoModel`` instead of ``Sam2Model``).
     """
     spec = MODELS[canonical_name(name)]
     model = spec.build(**options)

@@ -1,16 +1,19 @@
 """Semi-supervised video object segmentation with SAM 2 (``task: video``): J, F, J&F, fidelity, cost per frame.
 
 Protocol per video (SAM 2's ``tools/vos_inference.py``): the model is built as ``SAM2VideoPredictor`` with
-image post-processing off; every object's first ground-truth mask is its prompt; masks are propagated to
-every frame (:func:`~.video.run_vos`) and written as PNGs in the DAVIS layout under
-``<output_dir>/predictions/<items key>/``. Metrics per object (:func:`~.video.video_record`): J (region IoU),
-F (boundary F-measure), J&F, and fidelity J against the unmerged model's masks. The unmerged model's
-predictions are computed once per (model, weights, data, protocol) with the model unpatched and kept as
-PNGs under ``<output_dir>/cache/reference/<reference key>/<item key>/<video>/`` (the baseline run writes its
+image post-processing off (transformers' ``hf_sam2`` models: as ``Sam2VideoModel``, run through its own
+processor and inference session by :func:`~.video.hf_vos.run_hf_vos`); every object's first ground-truth
+mask is its prompt; masks are propagated to every frame (:func:`~.video.run_vos`) and written as PNGs in the
+DAVIS layout under ``<output_dir>/predictions/<items key>/``. Metrics per object
+(:func:`~.video.video_record`): J (region IoU), F (boundary F-measure), J&F, and fidelity J against the
+unmerged model's masks. The unmerged model's predictions are computed once per (model, weights, data,
+protocol) with the model unpatched and kept as PNGs under
+``<output_dir>/cache/reference/<reference key>/<item key>/<video>/`` (the baseline run writes its
 own there), so every strategy of a sweep compares to them; the item key is the video's identity (its
 files' names, sizes and times), so an edited video is never compared with the old one's predictions.
-Costs: image-encoder GFLOPs per frame (one frame at the model's ``image_size``) and the encoder's
-wall-clock per frame (total encoder seconds / encoder calls).
+Costs: image-encoder GFLOPs per frame (one frame at the model's ``image_size``; transformers: the
+``vision_encoder``, Hiera and its FPN neck) and the encoder's wall-clock per frame (total encoder seconds /
+encoder calls).
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ from .memory import PeakMemory
 from .model_catalog import MODELS
 from .tasks import Task, TaskSetup
 from .video import load_video_dataset, read_predictions, run_vos, summarize_video_records, video_record
+from .video.hf_vos import hf_video_input_size, run_hf_vos
 
 VIDEO_PREDICTOR = "sam2.sam2_video_predictor.SAM2VideoPredictor"
 METRICS = ("J", "F", "J&F", "fidelity_J")
+VIDEO_FAMILIES = ("sam2", "hf_sam2")
+"""Model families with a video model: SAM 2 (``SAM2VideoPredictor``), transformers' SAM 2 (``Sam2VideoModel``)."""
 
 
 class VideoTask(Task):
-    """``task: video``: DAVIS 2017, MOSE, SA-V and ``synthetic_video`` with a SAM 2 video predictor."""
+    """``task: video``: DAVIS 2017, MOSE, SA-V and ``synthetic_video`` with a SAM 2 video model (research or
+    transformers)."""
 
     name = "video"
     unit = "video"
@@ -43,18 +50,31 @@ class VideoTask(Task):
     def __init__(self, setup: TaskSetup) -> None:
         super().__init__(setup)
         cfg, spec = setup.cfg, setup.spec
-        if MODELS[spec.model].family != "sam2":
+        if MODELS[spec.model].family not in VIDEO_FAMILIES:
             raise ValueError(
                 f"video datasets need a SAM 2 model; got {spec.model} (dataset {cfg.dataset.name!r}: use e.g. "
-                f"model=sam2.1_hiera_l, or model=sam2_tiny for a smoke run)"
+                f"model=sam2.1_hiera_l or hf_sam2.1_hiera_l, or model=sam2_tiny / hf_sam2_tiny for a smoke run)"
             )
         self.dataset = load_video_dataset(str(cfg.dataset.name), cfg.data_root, **self.dataset_options())
         self.reference_dir = Path(setup.output_dir) / "cache" / "reference" / spec.reference_key
         self.prediction_dir = Path(setup.output_dir) / "predictions" / spec.items_key
 
     def model_options(self, family: str) -> dict[str, Any]:
+        """SAM 2: ``SAM2VideoPredictor``; transformers: ``Sam2VideoModel`` with ``model.attn_implementation``."""
+        if family == "hf_sam2":
+            return {"video": True, "attn_implementation": str(self.setup.cfg.model.get("attn_implementation", "sdpa"))}
         # as vos_inference's build_sam2_video_predictor(apply_postprocessing=False): no image post-processing
         return {"target": VIDEO_PREDICTOR, "sam_mask_decoder_extra_args": None}
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        """The image encoder: SAM 2's ``image_encoder``, transformers' ``vision_encoder``."""
+        return self.model.vision_encoder if self.family == "hf_sam2" else self.model.image_encoder
+
+    def _run(self, item: Any, output_dir: Path) -> Any:
+        """One video through the model (:func:`run_vos` or :func:`run_hf_vos`), its predictions under ``output_dir``."""
+        vos = run_hf_vos if self.family == "hf_sam2" else run_vos
+        return vos(self.model, item, output_dir=output_dir, progress=self.show_progress)
 
     def _reference(self, index: int) -> Path:
         """The folder holding the unmerged predictions of item ``index`` (in a subfolder named after the video)."""
@@ -71,7 +91,7 @@ class VideoTask(Task):
         try:
             if source is None:
                 with self.autocast():
-                    run_vos(self.model, self.dataset[index], output_dir=scratch, progress=self.show_progress)
+                    self._run(self.dataset[index], scratch)
             else:
                 shutil.copytree(source / name, scratch / name)
             os.replace(scratch / name, self._reference(index) / name)  # the folder exists only complete
@@ -99,12 +119,12 @@ class VideoTask(Task):
         baseline = self.setup.spec.baseline
         if indices:
             self._warmup()
-        finite = self.finite_outputs(self.model.image_encoder, "the image encoder's output")
+        finite = self.finite_outputs(self.encoder, "the image encoder's output")
         with self._progress(len(indices), "eval") as bar, finite:
             for index in indices:
                 item = self.dataset[index]
                 with PeakMemory(self.setup.device) as meter, self.autocast():
-                    result = run_vos(self.model, item, output_dir=self.prediction_dir, progress=self.show_progress)
+                    result = self._run(item, self.prediction_dir)
                 if baseline and not self._has_reference(index):
                     self._save_reference(index, source=self.prediction_dir)
                 reference = result.masks if baseline else read_predictions(self._reference(index), item)
@@ -133,6 +153,6 @@ class VideoTask(Task):
 
     def flops_input(self) -> tuple[torch.nn.Module, tuple[Any, ...]]:
         model = self.model
-        size = int(model.image_size)
+        size = hf_video_input_size(model) if self.family == "hf_sam2" else int(model.image_size)
         device = next(model.parameters()).device
-        return model.image_encoder, (torch.zeros(1, 3, size, size, device=device),)
+        return self.encoder, (torch.zeros(1, 3, size, size, device=device),)

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -96,12 +96,18 @@ def _consolidate(
     return {obj: (stacked[k] > 0).numpy() for k, obj in enumerate(objects)}
 
 
-def _track(predictor: nn.Module, state: dict[str, Any], item: VideoItem) -> Masks:
+Propagation = Callable[[int, list[int]], Iterable[tuple[int, list[int], torch.Tensor]]]
+"""One propagation pass: ``(start frame, object ids)`` -> per frame ``(frame, object ids, (objects, H, W) logits at
+the video's size)``, the objects prompted with their ground-truth masks on the start frame."""
+
+
+def track_objects(item: VideoItem, propagate: Propagation, non_overlap: bool) -> Masks:
     """Binary masks of every object on every frame from the first prompt on.
 
     One propagation per prompt frame: an object first seen later gets its own pass from its frame (a pass
     cannot take new objects midway; SAM 2's tool tracks such objects separately too), and the passes are
-    combined per frame. In DAVIS 2017 and MOSE every object starts on the first frame: one pass.
+    combined per frame (with ``non_overlap``, each pixel to the highest logit). In DAVIS 2017 and MOSE every
+    object starts on the first frame: one pass.
     """
     groups: dict[int, list[int]] = {}
     for obj, frame in sorted(item.prompts.items()):
@@ -109,15 +115,44 @@ def _track(predictor: nn.Module, state: dict[str, Any], item: VideoItem) -> Mask
     separate = len(groups) > 1
     outputs: dict[int, dict[int, Any]] = {}
     for start, objects in sorted(groups.items()):
-        predictor.reset_state(state)
-        for obj in objects:
-            predictor.add_new_mask(state, frame_idx=start, obj_id=obj, mask=item.masks[start][obj])
-        for frame, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=start):
-            kept = logits[:, 0].float().cpu() if separate else (logits[:, 0] > 0).cpu().numpy()  # (objects, H, W)
+        for frame, obj_ids, logits in propagate(start, objects):
+            kept = logits.float().cpu() if separate else (logits > 0).cpu().numpy()  # (objects, H, W)
             outputs.setdefault(frame, {}).update(zip(obj_ids, kept, strict=True))
     if not separate:
         return outputs
-    return {f: _consolidate(o, item.object_ids, item.size, predictor.non_overlap_masks) for f, o in outputs.items()}
+    return {f: _consolidate(o, item.object_ids, item.size, non_overlap) for f, o in outputs.items()}
+
+
+def _sam2_pass(
+    predictor: nn.Module, state: dict[str, Any], item: VideoItem, start: int, objects: list[int]
+) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+    """One :data:`Propagation` pass of ``SAM2VideoPredictor``."""
+    predictor.reset_state(state)
+    for obj in objects:
+        predictor.add_new_mask(state, frame_idx=start, obj_id=obj, mask=item.masks[start][obj])
+    for frame, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=start):
+        yield frame, obj_ids, logits[:, 0]
+
+
+def check_loaded(item: VideoItem, frames: int, size: tuple[int, int], how: str) -> None:
+    """An error unless ``how`` (what read the frames) read the item's number of frames at its size."""
+    if (frames, tuple(size)) != (item.num_frames, item.size):
+        raise ValueError(
+            f"video {item.name!r}: {how} read {frames} frames of {tuple(size)} from {item.frame_dir}, "
+            f"the item has {item.num_frames} of {item.size}"
+        )
+
+
+def vos_result(
+    item: VideoItem, masks: Masks, encoder_seconds: list[float], seconds: float, output_dir: Any
+) -> VOSResult:
+    """The run's :class:`VOSResult`: overlaps resolved as one palette PNG stores them (DAVIS layout), the
+    predictions written under ``output_dir`` if given."""
+    if not item.per_object_png:
+        masks = {frame: _resolve_overlaps(objects) for frame, objects in masks.items()}
+    if output_dir is not None:
+        write_predictions(Path(output_dir), item.name, item.frame_names, masks, item.per_object_png)
+    return VOSResult(masks=masks, encoder_seconds=list(encoder_seconds), seconds=seconds)
 
 
 @contextlib.contextmanager
@@ -171,22 +206,13 @@ def run_vos(
     try:
         with EncoderTimer(predictor.image_encoder) as timer, torch.inference_mode(), sam2_progress_bars(progress):
             state = _init_state(predictor, item, offload_video_to_cpu)
-            got = (state["num_frames"], (state["video_height"], state["video_width"]))
-            if got != (item.num_frames, item.size):
-                raise ValueError(
-                    f"video {item.name!r}: init_state read {got[0]} frames of {got[1]} from {item.frame_dir}, "
-                    f"the item has {item.num_frames} of {item.size}"
-                )
-            masks = _track(predictor, state, item)
+            size = (state["video_height"], state["video_width"])
+            check_loaded(item, state["num_frames"], size, "init_state")
+            masks = track_objects(item, functools.partial(_sam2_pass, predictor, state, item), non_overlap)
         _sync()
     finally:
         predictor.non_overlap_masks = saved
-    seconds = time.perf_counter() - start
-    if not item.per_object_png:
-        masks = {frame: _resolve_overlaps(objects) for frame, objects in masks.items()}
-    if output_dir is not None:
-        write_predictions(Path(output_dir), item.name, item.frame_names, masks, item.per_object_png)
-    return VOSResult(masks=masks, encoder_seconds=list(timer.seconds), seconds=seconds)
+    return vos_result(item, masks, timer.seconds, time.perf_counter() - start, output_dir)
 
 
 def fidelity_j(pred: Masks, reference: Masks, prompts: dict[int, int]) -> dict[int, float | None]:
