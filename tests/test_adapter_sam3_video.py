@@ -3,7 +3,8 @@
 Models are sam3's own builders at random weights, tiny ViT (``tiny_models.tiny_sam3_tracker``: ``build_tracker``
 with its backbone, the ``Sam3TrackerPredictor`` of point, box and mask prompts; ``tiny_models.tiny_sam3_video``:
 ``build_sam3_video_model``, whose detector holds the ViT and feeds the tracker). Each runs sam3's own video
-inference (``init_state``, prompts, ``propagate_in_video``) on three synthetic frames, on the CPU.
+inference (``init_state``, prompts, ``propagate_in_video``) on three synthetic frames, on the CPU; the conformance
+kit runs on the tracker too.
 """
 
 from __future__ import annotations
@@ -178,3 +179,18 @@ def test_video_model_point_prompt_on_a_span_patched_model(video_model, video_ref
     for index, (ids, masks) in video_reference.items():
         assert merged[index][0] == ids and merged[index][1].shape == masks.shape and merged[index][1].any()
         assert not np.array_equal(merged[index][1], masks)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_check_adapter_on_the_tracker(scope):
+    """The conformance kit on the tracker built by sam3's builder (the ViT found in its backbone)."""
+    from tomeplug.testing import check_adapter
+
+    image = torch.randn(1, 3, 140, 140, generator=torch.Generator().manual_seed(4))
+    check_adapter(
+        "sam3_vit",
+        tiny_sam3_tracker,
+        lambda: image,
+        run=lambda model, x: model.forward_image(x)["backbone_fpn"],
+        scope=scope,
+    )
