@@ -167,12 +167,38 @@ def tiny_sam3_image(inst_interactive: bool = False, **vit_fields) -> nn.Module:
     """
     from tomeplug_eval import architectures
 
-    def text_encoder(bpe_path: str) -> nn.Module:
-        return _randomise(architectures.tiny_sam3_text_encoder(bpe_path), 1)
+    torch.manual_seed(0)  # the builder's own random initialisation
+    size = vit_fields.get("img_size", 140)
+    vit = lambda: tiny_sam3_vit(**vit_fields)  # noqa: E731
+    return architectures.sam3_image(vit, _tiny_sam3_text_encoder, size, inst_interactive)
+
+
+def _tiny_sam3_text_encoder(bpe_path: str) -> nn.Module:
+    """sam3's text encoder at tiny sizes (``tomeplug_eval.architectures.tiny_sam3_text_encoder``), random weights."""
+    from tomeplug_eval import architectures
+
+    return _randomise(architectures.tiny_sam3_text_encoder(bpe_path), 1)
+
+
+def tiny_sam3_tracker(**vit_fields) -> nn.Module:
+    """SAM 3's tracker with its image backbone from sam3's own builder (``tomeplug_eval.architectures.sam3_tracker``)
+    with the tiny ViT above (140 px; ``vit_fields`` override it); every other part at the builder's sizes and
+    initialisation. Its video inference on the CPU: see that function."""
+    from tomeplug_eval import architectures
 
     torch.manual_seed(0)  # the builder's own random initialisation
     size = vit_fields.get("img_size", 140)
-    return architectures.sam3_image(lambda: tiny_sam3_vit(**vit_fields), text_encoder, size, inst_interactive)
+    return architectures.sam3_tracker(lambda: tiny_sam3_vit(**vit_fields), size)
+
+
+def tiny_sam3_video(**vit_fields) -> nn.Module:
+    """SAM 3's video model from sam3's own builder (``tomeplug_eval.architectures.sam3_video``) with the tiny ViT
+    and text encoder of :func:`tiny_sam3_image`; every other part at the builder's sizes and initialisation."""
+    from tomeplug_eval import architectures
+
+    torch.manual_seed(0)  # the builder's own random initialisation
+    size = vit_fields.get("img_size", 140)
+    return architectures.sam3_video(lambda: tiny_sam3_vit(**vit_fields), _tiny_sam3_text_encoder, size)
 
 
 class TinyModel(NamedTuple):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,63 @@ def sam3_bpe_path() -> str:
     return str(stand_in)
 
 
+@contextlib.contextmanager
+def sam3_offline(
+    vit: Callable[[], nn.Module] | None = None,
+    text_encoder: Callable[[str], nn.Module] | None = None,
+    image_size: int = 1008,
+) -> Iterator[Any]:
+    """``sam3.model_builder`` set up to build offline on the CPU for ``image_size`` inputs (yielded while active).
+
+    ``vit`` and ``text_encoder`` (from a BPE path) replace the builder's (1008 px, 32 blocks; 24 layers, width
+    1024). Two builder steps put tensors on CUDA; they run on the CPU here and are recomputed on the model's
+    device at first use: the sine position encodings' caches (precomputed for 1008 px) and the detector
+    decoder's coordinate cache (:func:`sam3_image` clears it). The tracker is built for ``image_size`` and its
+    mask memory for the ViT's grid (upstream interpolates masks to 16 cells per feature cell: 1152 px at 1008).
+    """
+    from unittest import mock
+
+    import sam3.model_builder as builder
+    from sam3.model.decoder import TransformerDecoder
+    from sam3.model.memory import SimpleMaskDownSampler
+    from sam3.model.position_encoding import PositionEmbeddingSine
+    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+    from sam3.model.sam3_video_inference import Sam3VideoInference
+
+    ensure_torchvision()
+    position_init, coords = PositionEmbeddingSine.__init__, TransformerDecoder._get_coords
+    downsampler_init = SimpleMaskDownSampler.__init__
+    size, mask_size = image_size, 16 * (image_size // 14)
+
+    def position_lazily(self, *args, precompute_resolution=None, **kwargs):
+        position_init(self, *args, precompute_resolution=None, **kwargs)
+
+    def at_size(cls: type) -> Any:
+        """``cls`` built for ``image_size`` whatever the builder passes."""
+        init = cls.__init__
+        return mock.patch.object(cls, "__init__", lambda self, *a, **kw: init(self, *a, **{**kw, "image_size": size}))
+
+    def memory_at_size(self, *args, interpol_size=None, **kwargs):
+        downsampler_init(self, *args, interpol_size=interpol_size and [mask_size, mask_size], **kwargs)
+
+    official_text = builder._create_text_encoder
+    text = text_encoder or (lambda bpe: init_text_embeddings(official_text(bpe)))
+    parts = [
+        mock.patch.object(builder, "_create_text_encoder", text),
+        mock.patch.object(PositionEmbeddingSine, "__init__", position_lazily),
+        mock.patch.object(TransformerDecoder, "_get_coords", staticmethod(lambda h, w, device: coords(h, w, "cpu"))),
+        at_size(Sam3TrackerPredictor),
+        at_size(Sam3VideoInference),
+        mock.patch.object(SimpleMaskDownSampler, "__init__", memory_at_size),
+    ]
+    if vit is not None:
+        parts.append(mock.patch.object(builder, "_create_vit_backbone", lambda compile_mode=None: vit()))
+    with contextlib.ExitStack() as stack:
+        for part in parts:
+            stack.enter_context(part)
+        yield builder
+
+
 def sam3_image(
     vit: Callable[[], nn.Module] | None = None,
     text_encoder: Callable[[str], nn.Module] | None = None,
@@ -221,41 +278,11 @@ def sam3_image(
         image_size: the input side; the tracker behind ``predict_inst`` is built for it.
         inst_interactive: with the SAM 1 task predictor (point and box prompts through ``model.predict_inst``).
 
-    Two builder steps put tensors on CUDA; they run on the CPU here and are recomputed on the model's device
-    at first use: the sine position encoding's cache (precomputed for 1008 px) and the detector decoder's
-    coordinate cache. A ``Sam3Processor`` for it takes ``resolution=image_size``; on a machine without an
-    accelerator its box encoding needs ``Tensor.pin_memory`` to be a no-op.
+    CUDA-only builder steps run on the CPU (:func:`sam3_offline`). A ``Sam3Processor`` for it takes
+    ``resolution=image_size``; on a machine without an accelerator its box encoding needs ``Tensor.pin_memory``
+    to be a no-op.
     """
-    from unittest import mock
-
-    import sam3.model_builder as builder
-    from sam3.model.decoder import TransformerDecoder
-    from sam3.model.position_encoding import PositionEmbeddingSine
-    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
-
-    ensure_torchvision()
-    position_init, coords = PositionEmbeddingSine.__init__, TransformerDecoder._get_coords
-    tracker_init = Sam3TrackerPredictor.__init__
-
-    def position_lazily(self, *args, precompute_resolution=None, **kwargs):
-        position_init(self, *args, precompute_resolution=None, **kwargs)
-
-    def tracker_at_size(self, *args, **kwargs):
-        tracker_init(self, *args, **{**kwargs, "image_size": image_size})
-
-    official_text = builder._create_text_encoder
-    text = text_encoder or (lambda bpe: init_text_embeddings(official_text(bpe)))
-    parts = [
-        mock.patch.object(builder, "_create_text_encoder", text),
-        mock.patch.object(PositionEmbeddingSine, "__init__", position_lazily),
-        mock.patch.object(TransformerDecoder, "_get_coords", staticmethod(lambda h, w, device: coords(h, w, "cpu"))),
-        mock.patch.object(Sam3TrackerPredictor, "__init__", tracker_at_size),
-    ]
-    if vit is not None:
-        parts.append(mock.patch.object(builder, "_create_vit_backbone", lambda compile_mode=None: vit()))
-    with contextlib.ExitStack() as stack:
-        for part in parts:
-            stack.enter_context(part)
+    with sam3_offline(vit, text_encoder, image_size) as builder:
         model = builder.build_sam3_image_model(
             bpe_path=sam3_bpe_path(), device="cpu", load_from_HF=False, enable_inst_interactivity=inst_interactive
         )
@@ -263,6 +290,37 @@ def sam3_image(
     if inst_interactive:
         grid = image_size // 14
         model.inst_interactive_predictor._bb_feat_sizes = [(grid * 4, grid * 4), (grid * 2, grid * 2), (grid, grid)]
+    return model.eval()
+
+
+def sam3_tracker(vit: Callable[[], nn.Module] | None = None, image_size: int = 1008) -> nn.Module:
+    """SAM 3's tracker with its own image backbone (sam3's ``build_tracker(with_backbone=True)``, the
+    ``Sam3TrackerPredictor`` of point, box and mask prompts on videos): random weights, on the CPU.
+
+    ``vit`` builds the ViT instead of the builder's; ``image_size`` must be its ``img_size``. On a machine without
+    an accelerator, sam3's video inference needs ``Tensor.cuda`` and ``Tensor.pin_memory`` to be no-ops and its
+    state offloaded (``init_state(..., offload_video_to_cpu=True, offload_state_to_cpu=True)``).
+    """
+    with sam3_offline(vit, image_size=image_size) as builder:
+        return builder.build_tracker(apply_temporal_disambiguation=True, with_backbone=True).eval()
+
+
+def sam3_video(
+    vit: Callable[[], nn.Module] | None = None,
+    text_encoder: Callable[[str], nn.Module] | None = None,
+    image_size: int = 1008,
+) -> nn.Module:
+    """SAM 3's video model from sam3's ``build_sam3_video_model`` (the detector, whose backbone holds the one ViT,
+    and the tracker without a backbone): random weights, nothing downloaded, on the CPU.
+
+    ``vit``, ``text_encoder`` and ``image_size`` as in :func:`sam3_image`. On a machine without an accelerator its
+    inference needs what :func:`sam3_tracker`'s does, with the tracker's states offloaded
+    (``Sam3TrackerPredictor.init_state(..., offload_state_to_cpu=True)``) and, as sam3 runs it in bf16 autocast on
+    CUDA, CPU bf16 autocast around ``add_prompt`` and ``propagate_in_video``.
+    """
+    with sam3_offline(vit, text_encoder, image_size) as builder:
+        model = builder.build_sam3_video_model(bpe_path=sam3_bpe_path(), load_from_HF=False, device="cpu")
+    model.detector.transformer.decoder.compilable_cord_cache = None  # recomputed on the boxes' device at first use
     return model.eval()
 
 
