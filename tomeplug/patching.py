@@ -18,7 +18,7 @@ from torch import nn
 
 from tomeplug.adapter import Adapter
 from tomeplug.classswap import is_swapped, restore_class
-from tomeplug.registry import get_registry
+from tomeplug.registry import Registry, get_registry
 from tomeplug.schedule import StrategyLike, resolve_schedule
 from tomeplug.setting import Setting
 
@@ -93,7 +93,8 @@ def patch(
             ``"paper"`` (the published schedule for this model, declared by its adapter), or ``None`` (all).
         target: which blocks merge: ``"encoder"`` (the image encoder's) or another target a registered
             adapter declares (``"memory_attention"``: SAM 2's memory-attention layers). Default: the given
-            adapter's target, else ``"encoder"``.
+            adapter's target, else ``"encoder"``, or the one other target whose adapters match the model
+            (a ``MemoryAttention`` alone: ``"memory_attention"``).
         adapter: an adapter name or instance; by default the registered adapter of ``target`` that matches
             the model.
         **params: flat keywords: the strategy's parameters, e.g. ``r=0.5`` (the merge fraction), and the
@@ -107,7 +108,7 @@ def patch(
     if target is not None:
         registry.check_target(target)
     if adapter is None:
-        adapter = registry.adapter_for(model, target or DEFAULT_TARGET)
+        adapter = registry.adapter_for(model, target or _default_target(model, registry))
     elif isinstance(adapter, str):
         adapter = registry.adapter(adapter)
     if target is not None and adapter.target != target:
@@ -136,6 +137,12 @@ def patch(
             _apply(earlier)
         raise
     return handle
+
+
+def _default_target(model: nn.Module, registry: Registry) -> str:
+    """``"encoder"``, unless only adapters of one other target match ``model`` (e.g. a ``MemoryAttention``)."""
+    found = registry.targets_of(model)
+    return found[0] if len(found) == 1 else DEFAULT_TARGET
 
 
 def unpatch(model: nn.Module, target: str | None = None) -> bool:

@@ -199,6 +199,12 @@ class Registry:
         self._load()
         return sorted({"encoder"} | {e.obj.target for e in self._entries["adapter"]})
 
+    def targets_of(self, model: object) -> list[str]:
+        """The targets whose registered adapters match ``model`` (e.g. ``["encoder", "memory_attention"]``
+        for a SAM 2 model, ``["memory_attention"]`` for its ``MemoryAttention`` alone)."""
+        self._load()
+        return sorted({e.obj.target for e in self._entries["adapter"] if e.obj.matches(model)})
+
     def check_target(self, target: str) -> None:
         """Raise ValueError, naming the known targets, unless some registered adapter has ``target``."""
         if target not in self.targets:

@@ -7,6 +7,9 @@ attention to the memory (the memory frames' spatial tokens, RoPE on their keys, 
 tokens, which upstream keeps out of RoPE via ``num_k_exclude_rope``) and an MLP, each a pre-norm residual
 branch. Here the queries (the frame's tokens) run merged; the memory is untouched:
 
+- ``attn``: per layer, one plan (as in ``block``, below); self-attention and cross-attention each run on
+  their merged inputs (q, k, v of the self-attention, the cross-attention's queries) and are unmerged
+  after their output projections; the residual adds and the MLP run per token, as upstream.
 - ``block``: per layer, the plan comes from the self-attention input (``norm1`` of the tokens, plus the
   query position encoding where the layer adds it there), metric as the setting says (``"keys"``: the
   self-attention's ``k_proj`` of it); m = merge(x) (size-weighted mean residuals); self-attention over
@@ -202,7 +205,27 @@ class MergingMemoryAttentionLayer(nn.Module):
     ) -> Tensor:
         if not self.merges(tgt):
             return super().forward(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=num_k_exclude_rope)
+        if self.tomeplug_setting.scope == "attn":
+            return self.attention_merged(tgt, memory, pos, query_pos, num_k_exclude_rope)
         return run_merged([self], tgt, memory, pos, query_pos, num_k_exclude_rope)
+
+    def attention_merged(
+        self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int
+    ) -> Tensor:
+        """Scope ``attn``: both attentions on merged inputs (one plan), each unmerged after its output
+        projection (per token and linear: exact before the unmerge); residuals and the MLP per token."""
+        plan = self.plan(tgt, query_pos)
+        context = layer_context(self, plan, self.tomeplug_setting.prop_attn)
+        normed = self.norm1(tgt)
+        qk = normed + query_pos if self.pos_enc_at_attn else normed
+        attended = merged_self_attention(self.self_attn, plan.merge(qk), plan.merge(normed), context)
+        tgt = tgt + self.dropout1(plan.unmerge(attended))
+        normed = self.norm2(tgt)
+        q = plan.merge(normed + query_pos if self.pos_enc_at_cross_attn_queries else normed)
+        k = memory + pos if self.pos_enc_at_cross_attn_keys else memory
+        tgt = tgt + self.dropout2(plan.unmerge(merged_cross_attention(self.cross_attn_image, q, k, memory, nk, context)))
+        mlp = self.linear2(self.dropout(self.activation(self.linear1(self.norm3(tgt)))))
+        return tgt + self.dropout3(mlp)
 
 
 def run_merged(
@@ -287,7 +310,7 @@ class Sam2MemoryAttentionAdapter(Adapter):
 
     name = "sam2_memory_attention"
     target = "memory_attention"
-    scopes = ("block", "span")
+    scopes = ("attn", "block", "span")
 
     def matches(self, model: nn.Module) -> bool:
         """True for a ``SAM2Base`` (any subclass) or a ``MemoryAttention``."""
