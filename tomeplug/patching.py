@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 from torch import nn
 
-from tomeplug.adapter import Adapter
+from tomeplug.adapter import Adapter, class_path
 from tomeplug.classswap import is_swapped, restore_class
 from tomeplug.registry import Registry, get_registry
 from tomeplug.schedule import StrategyLike, resolve_schedule
@@ -126,6 +126,7 @@ def patch(
                 f"not {setting.scope!r}"
             )
     previous = _handles_touching(model, target)
+    others = [h for h in _handles_touching(model) if h.target != target]
     for handle in previous:
         _strip(handle)
     handle = PatchHandle(model, adapter.name, schedule, adapter, target)
@@ -133,7 +134,9 @@ def patch(
         _apply(handle)
     except BaseException:
         _strip(handle)
-        for earlier in previous:
+        changed = {id(m) for m in handle.modules}
+        for earlier in previous + [h for h in others if any(id(m) in changed for m in h.modules)]:
+            _strip(earlier)  # a no-op for the earlier patch of this target; another target's is made whole again
             _apply(earlier)
         raise
     return handle
@@ -178,7 +181,7 @@ def _apply(handle: PatchHandle) -> None:
     model, adapter = handle.model, handle.implementation
     blocks = adapter.blocks(model)
     before = {id(m): _module_state(m) for m in model.modules()}
-    others = {id(m) for h in _handles_touching(model) if h.target != handle.target for m in h.modules}
+    others = {id(m): h for h in _handles_touching(model) if h.target != handle.target for m in h.modules}
     try:
         for index in handle.schedule:
             adapter.patch_block(model, index, handle.schedule)
@@ -189,9 +192,10 @@ def _apply(handle: PatchHandle) -> None:
         handle.modules = [m for m in model.modules() if _module_state(m) != before.get(id(m))]
     clash = [m for m in handle.modules if id(m) in others]
     if clash:
+        holder = others[id(clash[0])]
         raise RuntimeError(
-            f"adapter {adapter.name!r} ({handle.target}) changed a {type(clash[0]).__name__} that another target's "
-            "patch holds; unpatch that target first"
+            f"adapter {adapter.name!r} ({handle.target}) changed a {class_path(clash[0])} that the {holder.target} "
+            f"patch ({holder.adapter}) holds; the two targets' adapters overlap: unpatch target={holder.target!r} first"
         )
     model.__dict__[HANDLES_ATTR] = {**_handles_of(model), handle.target: handle}
 
