@@ -107,9 +107,9 @@ def test_r0_is_exact_merging_changes_and_unpatch_restores(predictor, video, refe
 def test_scopes_run_the_mlp_merged_or_not_and_give_different_outputs(predictor, video):
     outputs, mlp_tokens = {}, {}
     for scope in SCOPES:
-        seen = []
+        seen = mlp_tokens[scope] = []
         hook = predictor.memory_attention.layers[1].linear1.register_forward_hook(
-            lambda m, a, out: seen.append(a[0].shape[1])
+            lambda m, a, out, seen=seen: seen.append(a[0].shape[1])
         )
         with tomeplug.patch(predictor, "pitome", r=0.5, scope=scope, target="memory_attention"):
             outputs[scope] = track(predictor, video)
@@ -117,8 +117,7 @@ def test_scopes_run_the_mlp_merged_or_not_and_give_different_outputs(predictor, 
                 assert predictor.memory_attention.tomeplug_runs == ((0, 1),)
                 assert type(predictor.memory_attention).__name__ == "MergingMemoryAttention_MemoryAttention"
         hook.remove()
-        mlp_tokens[scope] = set(seen)
-    assert mlp_tokens == {"attn": {64}, "block": {32}, "span": {32}}
+    assert {scope: set(seen) for scope, seen in mlp_tokens.items()} == {"attn": {64}, "block": {32}, "span": {32}}
     assert type(predictor.memory_attention).__name__ == "MemoryAttention"
     for one, other in (("attn", "block"), ("block", "span"), ("attn", "span")):
         assert not torch.equal(outputs[one][2], outputs[other][2]), (one, other)

@@ -236,6 +236,10 @@ TINY_MODELS = {
     "hf_sam2_hiera": TinyModel("tiny_hf_sam2:tiny_hf_sam2", {}, "vision_encoder", (1, 3, 128, 128)),
     "hf_sam3_vit": TinyModel("tiny_hf_sam3:tiny_hf_sam3_vit", {}, None, (1, 3, 140, 140)),
     "sam2_memory_attention": TinyModel(
-        "tiny_models:tiny_sam2", {"memory_layers": 2}, "memory_attention", (64, 2, 32), "tiny_models:run_memory_attention"
+        "tiny_models:tiny_sam2",
+        {"memory_layers": 2},
+        "memory_attention",
+        (64, 2, 32),
+        call="tiny_models:run_memory_attention",
     ),
 }

@@ -65,9 +65,7 @@ def square_grid(n: int) -> tuple[int, int]:
     """The (h, w) grid of a frame's n tokens: square, as upstream's RoPE assumes (w = h = sqrt(n))."""
     side = math.isqrt(n)
     if side * side != n:
-        raise ValueError(
-            f"memory attention got {n} frame tokens, not a square grid; sam2's RoPE attention assumes one"
-        )
+        raise ValueError(f"memory attention got {n} frame tokens, not a square grid; sam2's RoPE attention assumes one")
     return side, side
 
 
@@ -223,7 +221,8 @@ class MergingMemoryAttentionLayer(nn.Module):
         normed = self.norm2(tgt)
         q = plan.merge(normed + query_pos if self.pos_enc_at_cross_attn_queries else normed)
         k = memory + pos if self.pos_enc_at_cross_attn_keys else memory
-        tgt = tgt + self.dropout2(plan.unmerge(merged_cross_attention(self.cross_attn_image, q, k, memory, nk, context)))
+        attended = merged_cross_attention(self.cross_attn_image, q, k, memory, nk, context)
+        tgt = tgt + self.dropout2(plan.unmerge(attended))
         mlp = self.linear2(self.dropout(self.activation(self.linear1(self.norm3(tgt)))))
         return tgt + self.dropout3(mlp)
 
