@@ -240,3 +240,14 @@ def test_nonsense_targets_raise_clearly(predictor):
         tomeplug.unpatch(predictor, target="decoder")
     assert tomeplug.active_patch(predictor) is None and tomeplug.active_patch(predictor, "memory_attention") is None
     assert not np.any([type(m).__name__.startswith("Merging") for m in predictor.modules()])
+
+
+def test_the_registry_lists_targets(registry, predictor):
+    from tomeplug.__main__ import format_listing
+
+    assert registry.targets == ["encoder", "memory_attention"]
+    assert registry.targets_of(predictor) == ["encoder", "memory_attention"]
+    assert registry.targets_of(predictor.memory_attention) == ["memory_attention"]
+    assert registry.adapter_for(predictor).name == "sam2_hiera"  # the default target: the image encoder
+    assert registry.adapter_for(predictor, "memory_attention").name == "sam2_memory_attention"
+    assert "[target memory_attention]" in format_listing(registry)
