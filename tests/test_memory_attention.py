@@ -10,6 +10,7 @@ each merged token is rotated at its kept cell and unmerged to the right tokens.
 from __future__ import annotations
 
 import copy
+import pickle
 from typing import ClassVar
 
 import attrs
@@ -251,3 +252,14 @@ def test_the_registry_lists_targets(registry, predictor):
     assert registry.adapter_for(predictor).name == "sam2_hiera"  # the default target: the image encoder
     assert registry.adapter_for(predictor, "memory_attention").name == "sam2_memory_attention"
     assert "[target memory_attention]" in format_listing(registry)
+
+
+def test_a_model_patched_at_both_targets_pickles_with_its_patches(predictor, video, reference):
+    tomeplug.patch(predictor, "tome", r=0.5, scope="span")
+    tomeplug.patch(predictor, "tome", r=0.5, scope="span", target="memory_attention")
+    expected = track(predictor, video)
+    restored = pickle.loads(pickle.dumps(predictor))
+    assert same(track(restored, video), expected)
+    assert tomeplug.active_patch(restored, "memory_attention").model is restored
+    assert tomeplug.unpatch(restored, target="memory_attention") and tomeplug.active_patch(restored).model is restored
+    assert tomeplug.unpatch(restored) and same(track(restored, video), reference)
