@@ -263,3 +263,29 @@ def test_a_model_patched_at_both_targets_pickles_with_its_patches(predictor, vid
     assert tomeplug.active_patch(restored, "memory_attention").model is restored
     assert tomeplug.unpatch(restored, target="memory_attention") and tomeplug.active_patch(restored).model is restored
     assert tomeplug.unpatch(restored) and same(track(restored, video), reference)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_ultralytics_memory_attention_merges_as_sam2s_with_the_same_weights(registry, scope):
+    """Ultralytics' vendored MemoryAttention (adapter ultralytics_sam2_memory_attention) and sam2's, built at
+    the official SAM 2.1 size with one state dict: the same output dense and merged."""
+    from tiny_ultralytics import tiny_sam2 as tiny_ultralytics_sam2
+
+    from tomeplug_eval.architectures import instantiate_sam2, sam2_config
+
+    ultralytics = tiny_ultralytics_sam2().memory_attention
+    sam2 = instantiate_sam2(sam2_config("sam2.1/sam2.1_hiera_t.yaml").memory_attention).eval()
+    sam2.load_state_dict(ultralytics.state_dict())
+    assert registry.targets_of(ultralytics) == registry.targets_of(sam2) == ["memory_attention"]
+    assert not registry.adapter("sam2_memory_attention").matches(ultralytics)
+    assert not registry.adapter("ultralytics_sam2_memory_attention").matches(sam2)
+    curr = torch.randn(64, 2, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = run_memory_attention(sam2, curr)
+        torch.testing.assert_close(run_memory_attention(ultralytics, curr), dense)
+        with tomeplug.patch(ultralytics, "tome", r=0.5, scope=scope) as handle:
+            assert handle.adapter == "ultralytics_sam2_memory_attention"
+            merged = run_memory_attention(ultralytics, curr)
+        with tomeplug.patch(sam2, "tome", r=0.5, scope=scope):
+            torch.testing.assert_close(run_memory_attention(sam2, curr), merged)
+    assert not torch.allclose(merged, dense, atol=1e-3)

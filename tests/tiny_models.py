@@ -182,7 +182,7 @@ def run_memory_attention(memory_attention: nn.Module, curr: torch.Tensor) -> tor
     """A SAM 2 ``MemoryAttention`` on the frame tokens ``curr`` (N, B, C) and a fixed memory as SAM 2 builds
     it: 2 memory frames of N spatial tokens with positions, then 4 object-pointer tokens (no RoPE)."""
     n, b, c = curr.shape
-    width = memory_attention.layers[0].cross_attn_image.kv_in_dim
+    width = memory_attention.layers[0].cross_attn_image.k_proj.in_features
     generator = torch.Generator().manual_seed(1)
     memory, memory_pos = torch.randn(2, 2 * n + 4, b, width, generator=generator)
     curr_pos = torch.randn(n, b, c, generator=generator)
@@ -241,5 +241,8 @@ TINY_MODELS = {
         "memory_attention",
         (64, 2, 32),
         call="tiny_models:run_memory_attention",
+    ),
+    "ultralytics_sam2_memory_attention": TinyModel(  # Ultralytics' builder: the memory attention at full width
+        "tiny_ultralytics:tiny_sam2", {}, "memory_attention", (64, 2, 256), call="tiny_models:run_memory_attention"
     ),
 }

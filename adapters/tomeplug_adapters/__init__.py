@@ -17,6 +17,7 @@ def tomeplug_register_adapters(register):
     from tomeplug_adapters.timm_vit import TimmViTAdapter
     from tomeplug_adapters.ultralytics_sam import (
         UltralyticsSam2HieraAdapter,
+        UltralyticsSam2MemoryAttentionAdapter,
         UltralyticsSam3ViTAdapter,
         UltralyticsSamViTAdapter,
     )
@@ -35,3 +36,4 @@ def tomeplug_register_adapters(register):
     register(HFSam2HieraAdapter())
     register(HFSam3ViTAdapter())
     register(Sam2MemoryAttentionAdapter())
+    register(UltralyticsSam2MemoryAttentionAdapter())

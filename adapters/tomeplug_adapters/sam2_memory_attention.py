@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,15 +50,22 @@ from tomeplug_adapters.sam3_vit_attention import kept_rotations
 
 SAM2_BASE = "sam2.modeling.sam2_base.SAM2Base"
 MEMORY_ATTENTION = "sam2.modeling.memory_attention.MemoryAttention"
-ROPE_ATTENTION = "sam2.modeling.sam.transformer.RoPEAttention"
+SAM2_CLASSES = (SAM2_BASE, MEMORY_ATTENTION)
 
 
-def memory_attention(model: nn.Module) -> nn.Module | None:
+def memory_attention(model: nn.Module, classes: tuple[str, str] = SAM2_CLASSES) -> nn.Module | None:
     """The ``MemoryAttention`` of a ``SAM2Base`` (or subclass, e.g. ``SAM2VideoPredictor``), or the module
-    itself; else None."""
-    if SAM2_BASE in class_paths(model):
+    itself; else None. ``classes``: the class paths of the whole model and the memory attention (another
+    package's copies)."""
+    whole, module = classes
+    if whole in class_paths(model):
         model = model.memory_attention
-    return model if MEMORY_ATTENTION in class_paths(model) else None
+    return model if module in class_paths(model) else None
+
+
+def has_rope(attn: nn.Module) -> bool:
+    """Whether a sam2 attention is a ``RoPEAttention`` (any package's copy: it has the RoPE table and builder)."""
+    return hasattr(attn, "freqs_cis") and hasattr(attn, "compute_cis")
 
 
 def square_grid(n: int) -> tuple[int, int]:
@@ -72,7 +79,7 @@ def square_grid(n: int) -> tuple[int, int]:
 def rope_table(attn: nn.Module, n: int) -> Tensor | None:
     """The complex RoPE rows (n, hd / 2) of a sam2 ``RoPEAttention`` over n cells (None: no RoPE), as
     upstream picks them: its table if it has n rows, else one computed for a square grid of n cells."""
-    if ROPE_ATTENTION not in class_paths(attn):
+    if not has_rope(attn):
         return None
     if attn.freqs_cis.shape[0] == n:
         return attn.freqs_cis
@@ -293,12 +300,12 @@ class MergingMemoryAttention(nn.Module):
             memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
         for run in self.tomeplug_runs:
             members = [self.layers[i] for i in run]
-            nk = num_obj_ptr_tokens if ROPE_ATTENTION in class_paths(members[0].cross_attn_image) else 0
+            nk = num_obj_ptr_tokens if has_rope(members[0].cross_attn_image) else 0
             if len(members) > 1 and members[0].merges(output):
                 output = run_merged(members, output, memory, memory_pos, curr_pos, nk)
                 continue
             for layer in members:
-                kwds = {"num_k_exclude_rope": nk} if ROPE_ATTENTION in class_paths(layer.cross_attn_image) else {}
+                kwds = {"num_k_exclude_rope": nk} if has_rope(layer.cross_attn_image) else {}
                 output = layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **kwds)
         normed = self.norm(output)
         return normed.transpose(0, 1) if self.batch_first else normed
@@ -310,21 +317,23 @@ class Sam2MemoryAttentionAdapter(Adapter):
     name = "sam2_memory_attention"
     target = "memory_attention"
     scopes = ("attn", "block", "span")
+    classes: ClassVar[tuple[str, str]] = SAM2_CLASSES
+    """The class paths of the whole model and its memory attention."""
 
     def matches(self, model: nn.Module) -> bool:
         """True for a ``SAM2Base`` (any subclass) or a ``MemoryAttention``."""
-        return memory_attention(model) is not None
+        return memory_attention(model, self.classes) is not None
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
         """The memory attention's ``layers`` (4 in the official models)."""
-        module = memory_attention(model)
+        module = memory_attention(model, self.classes)
         if module is None:
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
         return list(module.layers)
 
     def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap layer ``index``'s class; with any span-scoped layer, also the memory attention's (its loop)."""
-        module = memory_attention(model)
+        module = memory_attention(model, self.classes)
         layer = module.layers[index]
         if not module.batch_first:
             raise ValueError(f"{self.name}: MemoryAttention(batch_first=False) is not supported")
