@@ -28,7 +28,10 @@ none. The additive query position encoding (``query_pos``, where ``pos_enc_at_at
 ``pos_enc_at_input`` adds it to every token before the first layer, as upstream, before any merge.
 
 ``prop_attn`` adds ``log(size)`` to the self-attention logits only: the cross-attention's keys are the
-(unmerged) memory. There is no padding here: ``exclude_padding`` changes nothing.
+(unmerged) memory, object pointers included. There is no padding here: ``exclude_padding`` changes nothing.
+Each batch row (object) gets its own plan. ``SAM2VideoPredictorVOS`` replaces ``MemoryAttention.forward``
+on the instance with a compiled one: ``span`` refuses it (its loop would be bypassed); compile the
+patched model instead (``fullgraph=True`` traces every scope).
 """
 
 from __future__ import annotations
