@@ -37,7 +37,7 @@ def test_every_registered_adapter_has_a_tiny_model(registry):
 @pytest.mark.parametrize(("adapter", "strategy", "scope"), CASES)
 def test_adapter_contract(adapter, strategy, scope):
     spec = TINY_MODELS[adapter]
-    check_adapter(adapter, spec.build, spec.make_input, strategy=strategy, scope=scope)
+    check_adapter(adapter, spec.build, spec.make_input, run=spec.runner(), strategy=strategy, scope=scope)
 
 
 def guide_module() -> types.ModuleType:

@@ -37,9 +37,10 @@ def use_example_on_every_adapter() -> None:
         )
     for name in tomeplug.list_adapters():
         spec = TINY_MODELS[name]
-        handle = tomeplug.patch(spec.build(), "pool2x2", r=0.3)  # the adapter is found by matches()
+        target = tomeplug.get_registry().adapter(name).target
+        handle = tomeplug.patch(spec.build(), "pool2x2", r=0.3, target=target)  # the adapter is found by matches()
         assert handle.adapter == name, f"the {name} tiny model was matched by adapter {handle.adapter!r}"
-        check_adapter(name, spec.build, spec.make_input, strategy="pool2x2", r=0.3)
+        check_adapter(name, spec.build, spec.make_input, run=spec.runner(), strategy="pool2x2", r=0.3)
         print("ok", name, flush=True)
 
 

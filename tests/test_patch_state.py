@@ -8,6 +8,8 @@ import torch
 from tiny_models import tiny_sam, tiny_sam2
 
 import tomeplug
+from tomeplug.classswap import swap_class
+from tomeplug_adapters.sam2_memory_attention import Sam2MemoryAttentionAdapter
 from tomeplug_adapters.sam_vit import SamViTAdapter
 
 
@@ -109,3 +111,50 @@ def test_handle_repr_is_short():
     sam = tiny_sam()
     handle = tomeplug.patch(sam, "tome", layers=[0, 2], r=0.3)
     assert repr(handle) == "<PatchHandle active: sam_vit on Sam, tome in blocks [0, 2]>"
+
+
+class MemoryFailsAtLayer1(Sam2MemoryAttentionAdapter):
+    """Patches memory-attention layers until index 1, then raises."""
+
+    name = "memory_fails_at_layer_1"
+
+    def patch_block(self, model, index, schedule):
+        if index == 1:
+            raise RuntimeError("adapter broke at layer 1")
+        super().patch_block(model, index, schedule)
+
+
+class Intruder(torch.nn.Module):
+    """A mixin no encoder adapter uses."""
+
+
+class MemoryTakesTheTrunk(Sam2MemoryAttentionAdapter):
+    """A memory-attention adapter that (wrongly) also swaps the Hiera trunk, which the encoder patch holds."""
+
+    name = "memory_takes_the_trunk"
+
+    def patch_block(self, model, index, schedule):
+        super().patch_block(model, index, schedule)
+        swap_class(model.image_encoder.trunk, Intruder)
+
+
+def test_a_failing_patch_of_one_target_keeps_both_targets_earlier_patches():
+    sam2 = tiny_sam2(memory_layers=2)
+    encoder = tomeplug.patch(sam2, "tome", r=0.3, scope="span")
+    memory = tomeplug.patch(sam2, "tome", layers=[1], r=0.3, scope="block", target="memory_attention")
+    layout = classes(sam2)
+    state = {id(m): dict(vars(m)) for m in sam2.modules()}
+    with pytest.raises(RuntimeError, match="adapter broke at layer 1"):
+        tomeplug.patch(sam2, "tome", r=0.5, scope="span", adapter=MemoryFailsAtLayer1())
+    assert classes(sam2) == layout and encoder.active and memory.active
+    assert {id(m): dict(vars(m)) for m in sam2.modules()} == state
+    holds = r"changed a sam2\.modeling\.backbones\.hieradet\.Hiera that the encoder patch \(sam2_hiera\) holds"
+    with pytest.raises(RuntimeError, match=holds):
+        tomeplug.patch(sam2, "tome", r=0.5, scope="block", adapter=MemoryTakesTheTrunk())
+    assert classes(sam2) == layout and encoder.active and memory.active
+    assert tomeplug.unpatch(sam2, target="memory_attention")
+    assert (
+        encoder.active
+        and not memory.active
+        and type(sam2.memory_attention.layers[1]).__name__ == ("MemoryAttentionLayer")
+    )

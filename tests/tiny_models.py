@@ -89,6 +89,7 @@ def tiny_sam2(
     target: str | None = None,
     image_size: int = 128,
     seed: int = 0,
+    memory_layers: int = 1,
 ) -> nn.Module:
     """A SAM 2 model from an official yaml at tiny sizes, built without touching hydra's global state.
 
@@ -97,11 +98,13 @@ def tiny_sam2(
     (blocks 0, 2), q-pooling windows (1, 3, and 6 on padded windows), padded windows (4), odd padded
     windows (7) and a global block (5). ``target`` replaces the model class, e.g.
     ``"sam2.sam2_video_predictor.SAM2VideoPredictor"``. Set a ``SAM2ImagePredictor``'s ``_bb_feat_sizes``
-    to :func:`sam2_feat_sizes` (it assumes 1024-pixel inputs).
+    to :func:`sam2_feat_sizes` (it assumes 1024-pixel inputs). ``memory_layers``: the memory attention's
+    depth (width 32, an 8x8 frame grid at 128 px; the official models have 4 layers).
     """
     from tomeplug_eval.architectures import instantiate_sam2, tiny_sam2_config
 
     cfg = tiny_sam2_config(config, image_size)
+    cfg.memory_attention.num_layers = memory_layers
     if target is not None:
         cfg._target_ = target
     return _randomise(instantiate_sam2(cfg), seed)
@@ -201,6 +204,17 @@ def tiny_sam3_video(**vit_fields) -> nn.Module:
     return architectures.sam3_video(lambda: tiny_sam3_vit(**vit_fields), _tiny_sam3_text_encoder, size)
 
 
+def run_memory_attention(memory_attention: nn.Module, curr: torch.Tensor) -> torch.Tensor:
+    """A SAM 2 ``MemoryAttention`` on the frame tokens ``curr`` (N, B, C) and a fixed memory as SAM 2 builds
+    it: 2 memory frames of N spatial tokens with positions, then 4 object-pointer tokens (no RoPE)."""
+    n, b, c = curr.shape
+    width = memory_attention.layers[0].cross_attn_image.k_proj.in_features
+    generator = torch.Generator().manual_seed(1)
+    memory, memory_pos = torch.randn(2, 2 * n + 4, b, width, generator=generator)
+    curr_pos = torch.randn(n, b, c, generator=generator)
+    return memory_attention([curr], memory, [curr_pos], memory_pos, num_obj_ptr_tokens=4)
+
+
 class TinyModel(NamedTuple):
     """How to build a tiny model for an adapter and feed it."""
 
@@ -208,6 +222,14 @@ class TinyModel(NamedTuple):
     kwargs: dict[str, Any]
     part: str | None  # attribute of the built model to patch and run, e.g. "image_encoder"
     input_shape: tuple[int, ...]
+    call: str | None = None  # "module:function" computing the output from (model, input); None: model(input)
+
+    def runner(self) -> Any:
+        """The function computing the output from (model, input), or None (``model(input)``)."""
+        if self.call is None:
+            return None
+        module, _, function = self.call.partition(":")
+        return getattr(importlib.import_module(module), function)
 
     def build(self) -> torch.nn.Module:
         """The tiny model (or its ``part``)."""
@@ -239,4 +261,14 @@ TINY_MODELS = {
     "hf_sam_hq_vit": TinyModel("tiny_hf_sam:tiny_hf_sam", {"kind": "sam_hq", "part": "vision"}, None, (1, 3, 128, 128)),
     "hf_sam2_hiera": TinyModel("tiny_hf_sam2:tiny_hf_sam2", {}, "vision_encoder", (1, 3, 128, 128)),
     "hf_sam3_vit": TinyModel("tiny_hf_sam3:tiny_hf_sam3_vit", {}, None, (1, 3, 140, 140)),
+    "sam2_memory_attention": TinyModel(
+        "tiny_models:tiny_sam2",
+        {"memory_layers": 2},
+        "memory_attention",
+        (64, 2, 32),
+        call="tiny_models:run_memory_attention",
+    ),
+    "ultralytics_sam2_memory_attention": TinyModel(  # Ultralytics' builder: the memory attention at full width
+        "tiny_ultralytics:tiny_sam2", {}, "memory_attention", (64, 2, 256), call="tiny_models:run_memory_attention"
+    ),
 }

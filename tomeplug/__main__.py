@@ -33,7 +33,8 @@ def format_listing(registry: Registry) -> str:
         lines.append(f"  {'':<{width}} registered by {entry.origin}")
     lines.append("adapters:")
     for name, entry in _by_name(registry.adapters):
-        lines.append(f"  {name:<{width}} {entry.obj.describe()}")
+        target = "" if entry.obj.target == "encoder" else f" [target {entry.obj.target}]"
+        lines.append(f"  {name:<{width}} {entry.obj.describe()}{target}")
         lines.append(f"  {'':<{width}} registered by {entry.origin}")
     if registry.conflicts:
         lines.append("name conflicts (each plugin's entry is listed above by its qualified name):")

@@ -14,8 +14,9 @@ from tomeplug.setting import Setting
 class Adapter:
     """Base class of architecture adapters.
 
-    A subclass sets ``name`` and ``scopes``, recognises its models by class name in :meth:`matches` (never
-    by importing the model library), lists the image encoder's blocks in forward order, and patches one
+    A subclass sets ``name`` and ``scopes`` (and ``target`` if its blocks are not the image encoder's),
+    recognises its models by class name in :meth:`matches` (never by importing the model library), lists
+    its target's blocks in forward order, and patches one
     block at a time in :meth:`patch_block`, seeing the whole model and schedule. It patches only by
     swapping module classes (:func:`tomeplug.classswap.swap_class`) and attaching attributes named
     ``tomeplug_*``; unpatching is generic (every swapped class restored, those attributes removed). An
@@ -23,6 +24,9 @@ class Adapter:
     """
 
     name: ClassVar[str] = ""
+    target: ClassVar[str] = "encoder"
+    """Which part of a model its blocks are: ``"encoder"`` (the image encoder's blocks) or another merging
+    site, e.g. ``"memory_attention"`` (SAM 2's memory-attention layers). A model can hold one patch per target."""
     scopes: ClassVar[tuple[str, ...]] = ("attn",)
     """The merge scopes (see :class:`tomeplug.Setting`) this adapter implements."""
     presets: ClassVar[tuple[Preset, ...]] = ()
@@ -37,7 +41,8 @@ class Adapter:
         return type(self).__doc__.strip().splitlines()[0] if type(self).__doc__ else self.name
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
-        """The image encoder's transformer blocks in forward order (block i is ``blocks(model)[i]``)."""
+        """The target's transformer blocks in forward order (block i is ``blocks(model)[i]``): the image
+        encoder's for target ``"encoder"``."""
         raise NotImplementedError
 
     def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:

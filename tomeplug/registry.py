@@ -171,24 +171,46 @@ class Registry:
         """An adapter by name or qualified name, resolved as :meth:`strategy` resolves strategies."""
         return self._resolve("adapter", name).obj
 
-    def adapter_for(self, model: object) -> Adapter:
-        """The adapter whose ``matches(model)`` is true; none raises and lists the adapters.
+    def adapter_for(self, model: object, target: str = "encoder") -> Adapter:
+        """The adapter of ``target`` whose ``matches(model)`` is true; none raises and lists the adapters of
+        that target, an unknown target raises and names the known ones.
 
         Two adapters of the same name (from different plugins) that both match raise
         :class:`NameConflictError`: pass ``adapter="<plugin>:<name>"`` to choose.
         """
-        self._load()
-        matching = [e for e in self._entries["adapter"] if e.obj.matches(model)]
+        self.check_target(target)
+        matching = [e for e in self._entries["adapter"] if e.obj.target == target and e.obj.matches(model)]
         if matching:
             rivals = [e for e in matching if e.name == matching[0].name]
             if len(rivals) > 1:
                 raise NameConflictError(f"{Conflict('adapter', rivals[0].name, tuple(rivals))} Both match this model.")
             return matching[0].obj
+        candidates = {name: e for name, e in self.adapters.items() if e.obj.target == target}
+        kind, where = ("", "its image encoder") if target == "encoder" else (f"{target} ", f"its {target} module")
         raise TypeError(
-            f"no adapter supports {type(model).__module__}.{type(model).__qualname__}; installed adapters: "
-            + "; ".join(f"{name} ({e.obj.describe()})" for name, e in self.adapters.items())
-            + ". Pass the model (or its image encoder) one of these supports, or install an adapter plugin."
+            f"no {kind}adapter supports {type(model).__module__}.{type(model).__qualname__}; installed {kind}adapters: "
+            + "; ".join(f"{name} ({e.obj.describe()})" for name, e in candidates.items())
+            + f". Pass the model (or {where}) one of these supports, or install an adapter plugin."
         )
+
+    @property
+    def targets(self) -> list[str]:
+        """The targets of the registered adapters (``"encoder"`` always among them)."""
+        self._load()
+        return sorted({"encoder"} | {e.obj.target for e in self._entries["adapter"]})
+
+    def targets_of(self, model: object) -> list[str]:
+        """The targets whose registered adapters match ``model`` (e.g. ``["encoder", "memory_attention"]``
+        for a SAM 2 model, ``["memory_attention"]`` for its ``MemoryAttention`` alone)."""
+        self._load()
+        return sorted({e.obj.target for e in self._entries["adapter"] if e.obj.matches(model)})
+
+    def check_target(self, target: str) -> None:
+        """Raise ValueError, naming the known targets, unless some registered adapter has ``target``."""
+        if target not in self.targets:
+            raise ValueError(
+                f"unknown target {target!r}; the registered adapters merge the targets {', '.join(self.targets)}"
+            )
 
     def _usable(self, kind: str) -> dict[str, Entry]:
         """Every entry of ``kind`` by the name that reaches it: bare if unique, else qualified."""
@@ -266,6 +288,8 @@ def _check_adapter(obj: Any, origin: Origin) -> str:
         raise PluginError(
             f"{origin} registered {obj!r} as an adapter: expected a tomeplug.Adapter instance with a non-empty `name`"
         )
+    if not isinstance(obj.target, str) or not obj.target:
+        raise PluginError(f"{origin} registered the adapter {obj.name!r} with target {obj.target!r}: expected a name")
     return obj.name
 
 

@@ -225,9 +225,10 @@ def check_adapter(
     again = patch(model, strategy, layers=selected, adapter=adapter, r=r, **params)
     expect(_equal(_run(run, model, inputs), merged), f"{name}: patching twice differs from patching once")
     handle.remove()  # replaced by the second patch: a no-op
-    expect(active_patch(model) is again, f"{name}: removing a replaced patch's handle unpatched the model")
+    replaced = f"{name}: removing a replaced patch's handle unpatched the model"
+    expect(active_patch(model, adapter.target) is again, replaced)
     again.remove()
-    expect(active_patch(model) is None, f"{name}: the model still has an active patch")
+    expect(active_patch(model, adapter.target) is None, f"{name}: the model still has an active patch")
     expect([type(m) for m in model.modules()] == classes, f"{name}: unpatching did not restore every class")
     expect(_equal(_state(model), state), f"{name}: unpatching left the state_dict changed")
     expect(_equal(_run(run, model, inputs), reference), f"{name}: unpatching did not restore the output")

@@ -10,12 +10,14 @@ def tomeplug_register_adapters(register):
     from tomeplug_adapters.hf_sam3_vit import HFSam3ViTAdapter
     from tomeplug_adapters.hf_sam_vit import HFSamHQViTAdapter, HFSamViTAdapter
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
+    from tomeplug_adapters.sam2_memory_attention import Sam2MemoryAttentionAdapter
     from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
     from tomeplug_adapters.timm_samvit import TimmSamViTAdapter
     from tomeplug_adapters.timm_vit import TimmViTAdapter
     from tomeplug_adapters.ultralytics_sam import (
         UltralyticsSam2HieraAdapter,
+        UltralyticsSam2MemoryAttentionAdapter,
         UltralyticsSam3ViTAdapter,
         UltralyticsSamViTAdapter,
     )
@@ -33,3 +35,5 @@ def tomeplug_register_adapters(register):
     register(HFSamHQViTAdapter())
     register(HFSam2HieraAdapter())
     register(HFSam3ViTAdapter())
+    register(Sam2MemoryAttentionAdapter())
+    register(UltralyticsSam2MemoryAttentionAdapter())

@@ -12,6 +12,9 @@ and :mod:`tomeplug_adapters.sam3_vit`:
   the built size, which the span-scope loop does too (:class:`MergingUltralyticsSamEncoder`).
 - ``ultralytics_sam2_hiera``: ``SAM2Model`` (and subclasses, e.g. the video predictor's), its
   ``ImageEncoder`` or the ``Hiera`` trunk (``MultiScaleBlock``, ``MultiScaleAttention``, q-pooling).
+- ``ultralytics_sam2_memory_attention`` (target ``"memory_attention"``): ``SAM2Model`` (and subclasses) or its
+  ``MemoryAttention``: the frame's tokens merged in the memory-attention layers, as
+  :mod:`tomeplug_adapters.sam2_memory_attention` (``RoPEAttention`` and the layers are Ultralytics' copies).
 - ``ultralytics_sam3_vit``: ``models.sam.sam3.vitdet.ViT`` alone or inside any Ultralytics SAM model that
   holds exactly one (``SAM3Model``'s backbone, ``SAM3SemanticModel``). Its attention keeps ``freqs_cis`` as a
   plain attribute (it stays on the CPU when the model moves); merged tokens gather their rotations on the
@@ -28,11 +31,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
+from tomeplug_adapters.sam2_memory_attention import Sam2MemoryAttentionAdapter
 from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
 from tomeplug_adapters.sam_vit import SamViTAdapter
 from tomeplug_adapters.sam_vit_scopes import MergingSamEncoder
 
-__all__ = ["UltralyticsSam2HieraAdapter", "UltralyticsSam3ViTAdapter", "UltralyticsSamViTAdapter"]
+__all__ = [
+    "UltralyticsSam2HieraAdapter",
+    "UltralyticsSam2MemoryAttentionAdapter",
+    "UltralyticsSam3ViTAdapter",
+    "UltralyticsSamViTAdapter",
+]
 
 MODULES = "ultralytics.models.sam.modules"
 
@@ -65,6 +74,13 @@ class UltralyticsSam2HieraAdapter(Sam2HieraAdapter):
 
     name = "ultralytics_sam2_hiera"
     classes = (f"{MODULES}.sam.SAM2Model", f"{MODULES}.encoders.ImageEncoder", f"{MODULES}.encoders.Hiera")
+
+
+class UltralyticsSam2MemoryAttentionAdapter(Sam2MemoryAttentionAdapter):
+    """Ultralytics' SAM2Model (and subclasses) or MemoryAttention: the frame's tokens"""
+
+    name = "ultralytics_sam2_memory_attention"
+    classes = (f"{MODULES}.sam.SAM2Model", f"{MODULES}.memory_attention.MemoryAttention")
 
 
 class UltralyticsSam3ViTAdapter(Sam3ViTAdapter):

@@ -1,0 +1,353 @@
+"""SAM 2 (sam2) memory attention: the current frame's tokens merged inside ``MemoryAttention``'s layers.
+
+Target ``"memory_attention"``: the blocks are ``MemoryAttention.layers`` (4 in every official SAM 2 / 2.1
+model). Each ``MemoryAttentionLayer`` maps the frame's tokens (B, N, C) (N = H x W, the 64 x 64 grid at
+1024 px; B = the objects tracked together) through self-attention (RoPE on queries and keys), cross-
+attention to the memory (the memory frames' spatial tokens, RoPE on their keys, then the object-pointer
+tokens, which upstream keeps out of RoPE via ``num_k_exclude_rope``) and an MLP, each a pre-norm residual
+branch. Here the queries (the frame's tokens) run merged; the memory is untouched:
+
+- ``attn``: per layer, one plan (as in ``block``, below); self-attention and cross-attention each run on
+  their merged inputs (q, k, v of the self-attention, the cross-attention's queries) and are unmerged
+  after their output projections; the residual adds and the MLP run per token, as upstream.
+- ``block``: per layer, the plan comes from the self-attention input (``norm1`` of the tokens, plus the
+  query position encoding where the layer adds it there), metric as the setting says (``"keys"``: the
+  self-attention's ``k_proj`` of it); m = merge(x) (size-weighted mean residuals); self-attention over
+  the merged tokens, cross-attention from them to the full memory, and the MLP run as upstream on m;
+  every token leaves with its own residual plus its slot's change, x + unmerge(out - m) (the delta
+  unmerge of :mod:`tomeplug_adapters.windowed_scopes`). r = 0 (no token merged) runs upstream's layer.
+- ``span``: one plan for a run of consecutive span-scoped layers with equal settings (the whole stack
+  when every layer is selected alike), made at the run's first layer; the delta unmerge happens once, at
+  the run's end. ``MemoryAttention``'s class is swapped too (its loop walks the runs).
+
+Positional terms: a merged token is rotated (RoPE) with the row of its representative (kept) token's
+cell, in self-attention (queries and keys) and as a cross-attention query; the memory keys keep their
+own rotations (upstream's table over the N cells, repeated per memory frame) and the object pointers
+none. The additive query position encoding (``query_pos``, where ``pos_enc_at_attn`` or
+``pos_enc_at_cross_attn_queries`` adds it) is merged as the tokens are (its size-weighted mean);
+``pos_enc_at_input`` adds it to every token before the first layer, as upstream, before any merge.
+
+``prop_attn`` adds ``log(size)`` to the self-attention logits only: the cross-attention's keys are the
+(unmerged) memory, object pointers included. There is no padding here: ``exclude_padding`` changes nothing.
+Each batch row (object) gets its own plan. ``SAM2VideoPredictorVOS`` replaces ``MemoryAttention.forward``
+on the instance with a compiled one: ``span`` refuses it (its loop would be bypassed); compile the
+patched model instead (``fullgraph=True`` traces every scope).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tomeplug.adapter import Adapter, class_path, class_paths
+from tomeplug.classswap import swap_class
+from tomeplug.metric import plan_merge
+from tomeplug.plan import MergePlan, log_size_bias
+from tomeplug.setting import Setting
+from tomeplug_adapters.sam3_vit_attention import kept_rotations
+
+SAM2_BASE = "sam2.modeling.sam2_base.SAM2Base"
+MEMORY_ATTENTION = "sam2.modeling.memory_attention.MemoryAttention"
+SAM2_CLASSES = (SAM2_BASE, MEMORY_ATTENTION)
+
+
+def memory_attention(model: nn.Module, classes: tuple[str, str] = SAM2_CLASSES) -> nn.Module | None:
+    """The ``MemoryAttention`` of a ``SAM2Base`` (or subclass, e.g. ``SAM2VideoPredictor``), or the module
+    itself; else None. ``classes``: the class paths of the whole model and the memory attention (another
+    package's copies)."""
+    whole, module = classes
+    if whole in class_paths(model):
+        model = model.memory_attention
+    return model if module in class_paths(model) else None
+
+
+def has_rope(attn: nn.Module) -> bool:
+    """Whether a sam2 attention is a ``RoPEAttention`` (any package's copy: it has the RoPE table and builder)."""
+    return hasattr(attn, "freqs_cis") and hasattr(attn, "compute_cis")
+
+
+def square_grid(n: int) -> tuple[int, int]:
+    """The (h, w) grid of a frame's n tokens: square, as upstream's RoPE assumes (w = h = sqrt(n))."""
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"memory attention got {n} frame tokens, not a square grid; sam2's RoPE attention assumes one")
+    return side, side
+
+
+def rope_table(attn: nn.Module, n: int) -> Tensor | None:
+    """The complex RoPE rows (n, hd / 2) of a sam2 ``RoPEAttention`` over n cells (None: no RoPE), as
+    upstream picks them: its table if it has n rows, else one computed for a square grid of n cells."""
+    if not has_rope(attn):
+        return None
+    if attn.freqs_cis.shape[0] == n:
+        return attn.freqs_cis
+    side = square_grid(n)[0]
+    return attn.compute_cis(end_x=side, end_y=side)
+
+
+def rotate(x: Tensor, rotations: Tensor) -> Tensor:
+    """Rotate (B, heads, T, hd) by complex ``rotations`` broadcastable to (B, heads, T, hd / 2), pairing
+    consecutive channels in float32 as sam2's ``apply_rotary_enc`` does; dtype kept."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotations).flatten(3).type_as(x)
+
+
+class LayerContext(NamedTuple):
+    """What a run of layers needs of one plan: the merged tokens' rotations and proportional-attention bias.
+
+    Attributes:
+        self_rotations: (B, 1, M, hd / 2) complex, the self-attention's RoPE rows at the kept cells, or None.
+        cross_rotations: the same for the cross-attention's queries (its own table), or None.
+        memory_table: the cross-attention's (N, hd / 2) table for the memory keys (upstream's, unmerged).
+        log_size: (B, 1, 1, M) ``log(size)`` for the self-attention keys, or None.
+    """
+
+    self_rotations: Tensor | None
+    cross_rotations: Tensor | None
+    memory_table: Tensor | None
+    log_size: Tensor | None
+
+
+def layer_context(layer: nn.Module, plan: MergePlan, prop_attn: bool) -> LayerContext:
+    """The :class:`LayerContext` of a plan of a frame's N tokens for layers shaped like ``layer``."""
+    n = plan.num_tokens
+    self_table, cross_table = rope_table(layer.self_attn, n), rope_table(layer.cross_attn_image, n)
+    return LayerContext(
+        None if self_table is None else kept_rotations(self_table, plan.kept),
+        None if cross_table is None else kept_rotations(cross_table, plan.kept),
+        cross_table,
+        log_size_bias(plan.size, plan.size.dtype) if prop_attn else None,
+    )
+
+
+def heads(attn: nn.Module, x: Tensor) -> Tensor:
+    """(B, T, C) -> (B, heads, T, C / heads), as sam2's ``Attention._separate_heads``."""
+    b, t, c = x.shape
+    return x.reshape(b, t, attn.num_heads, c // attn.num_heads).transpose(1, 2)
+
+
+def merged_self_attention(attn: nn.Module, qk: Tensor, v: Tensor, context: LayerContext) -> Tensor:
+    """sam2's self-attention over merged tokens (B, M, C) -> (B, M, C): RoPE at the kept cells."""
+    q, k, v = heads(attn, attn.q_proj(qk)), heads(attn, attn.k_proj(qk)), heads(attn, attn.v_proj(v))
+    if context.self_rotations is not None:
+        q, k = rotate(q, context.self_rotations), rotate(k, context.self_rotations)
+    mask = None if context.log_size is None else context.log_size.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout_p if attn.training else 0.0)
+    b, _, m, _ = out.shape
+    return attn.out_proj(out.transpose(1, 2).reshape(b, m, -1))
+
+
+def merged_cross_attention(
+    attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int, context: LayerContext
+) -> Tensor:
+    """sam2's cross-attention from merged queries (B, M, C) to the memory (B, T, C_mem) -> (B, M, C).
+
+    Queries take the RoPE rows of their kept cells; the memory's first T - ``num_k_exclude_rope`` keys
+    (the spatial memory) take upstream's rows (cell j % N), the object-pointer keys after them none.
+    """
+    q, k, v = heads(attn, attn.q_proj(q)), heads(attn, attn.k_proj(k)), heads(attn, attn.v_proj(v))
+    if context.cross_rotations is not None:
+        q = rotate(q, context.cross_rotations)
+        rope_keys = k.shape[2] - num_k_exclude_rope
+        if rope_keys > 0:
+            table = context.memory_table
+            repeats = rope_keys // table.shape[0]
+            if repeats * table.shape[0] != rope_keys or (repeats > 1 and not attn.rope_k_repeat):
+                raise ValueError(
+                    f"memory attention: {rope_keys} memory keys with RoPE for {table.shape[0]} frame tokens; "
+                    "upstream repeats the frame's rotations per memory frame (rope_k_repeat)"
+                )
+            rows = table.to(k.device).expand(repeats, *table.shape).reshape(rope_keys, -1)  # cell j % N
+            k = torch.cat([rotate(k[:, :, :rope_keys], rows), k[:, :, rope_keys:]], dim=2)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout_p if attn.training else 0.0)
+    b, _, m, _ = out.shape
+    return attn.out_proj(out.transpose(1, 2).reshape(b, m, -1))
+
+
+class MergingMemoryAttentionLayer(nn.Module):
+    """Mixin over sam2's ``MemoryAttentionLayer`` (scopes ``block`` and ``span``): the frame's tokens merged."""
+
+    tomeplug_setting: Setting
+
+    def merges(self, tgt: Tensor) -> bool:
+        """Whether this layer merges any of the frame's tokens ``tgt`` (B, N, C)."""
+        return self.tomeplug_setting.num_to_merge(tgt.shape[1]) > 0
+
+    def attention_input(self, tokens: Tensor, query_pos: Tensor | None) -> Tensor:
+        """The self-attention's query and key input: ``norm1(tokens)``, plus ``query_pos`` where upstream adds it."""
+        normed = self.norm1(tokens)
+        return normed + query_pos if self.pos_enc_at_attn else normed
+
+    def plan(self, tgt: Tensor, query_pos: Tensor | None) -> MergePlan:
+        """This layer's merge plan of the frame's tokens ``tgt`` (B, N, C)."""
+        attn = self.self_attn
+        inputs = self.attention_input(tgt, query_pos)
+        return plan_merge(self.tomeplug_setting, inputs, None, attn.num_heads, square_grid(tgt.shape[1]), attn.k_proj)
+
+    def merged_forward(
+        self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int, context: LayerContext
+    ) -> Tensor:
+        """Upstream's layer on merged tokens ``tgt`` (B, M, C) with merged ``query_pos`` (B, M, C) or None."""
+        normed = self.norm1(tgt)
+        qk = normed + query_pos if self.pos_enc_at_attn else normed
+        tgt = tgt + self.dropout1(merged_self_attention(self.self_attn, qk, normed, context))
+        normed = self.norm2(tgt)
+        q = normed + query_pos if self.pos_enc_at_cross_attn_queries else normed
+        k = memory + pos if self.pos_enc_at_cross_attn_keys else memory
+        tgt = tgt + self.dropout2(merged_cross_attention(self.cross_attn_image, q, k, memory, nk, context))
+        mlp = self.linear2(self.dropout(self.activation(self.linear1(self.norm3(tgt)))))
+        return tgt + self.dropout3(mlp)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        num_k_exclude_rope: int = 0,
+    ) -> Tensor:
+        if not self.merges(tgt):
+            return super().forward(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=num_k_exclude_rope)
+        if self.tomeplug_setting.scope == "attn":
+            return self.attention_merged(tgt, memory, pos, query_pos, num_k_exclude_rope)
+        return run_merged([self], tgt, memory, pos, query_pos, num_k_exclude_rope)
+
+    def attention_merged(
+        self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int
+    ) -> Tensor:
+        """Scope ``attn``: both attentions on merged inputs (one plan), each unmerged after its output
+        projection (per token and linear: exact before the unmerge); residuals and the MLP per token."""
+        plan = self.plan(tgt, query_pos)
+        context = layer_context(self, plan, self.tomeplug_setting.prop_attn)
+        normed = self.norm1(tgt)
+        qk = normed + query_pos if self.pos_enc_at_attn else normed
+        attended = merged_self_attention(self.self_attn, plan.merge(qk), plan.merge(normed), context)
+        tgt = tgt + self.dropout1(plan.unmerge(attended))
+        normed = self.norm2(tgt)
+        q = plan.merge(normed + query_pos if self.pos_enc_at_cross_attn_queries else normed)
+        k = memory + pos if self.pos_enc_at_cross_attn_keys else memory
+        attended = merged_cross_attention(self.cross_attn_image, q, k, memory, nk, context)
+        tgt = tgt + self.dropout2(plan.unmerge(attended))
+        mlp = self.linear2(self.dropout(self.activation(self.linear1(self.norm3(tgt)))))
+        return tgt + self.dropout3(mlp)
+
+
+def run_merged(
+    layers: Sequence[MergingMemoryAttentionLayer],
+    tgt: Tensor,
+    memory: Tensor,
+    pos: Tensor | None,
+    query_pos: Tensor | None,
+    num_k_exclude_rope: int,
+) -> Tensor:
+    """Run consecutive memory-attention layers on one plan's merged frame tokens: (B, N, C) -> (B, N, C).
+
+    The plan is the first layer's (:meth:`MergingMemoryAttentionLayer.plan`); each token leaves with its
+    own residual plus its slot's change ("delta unmerge").
+    """
+    first = layers[0]
+    plan = first.plan(tgt, query_pos)
+    merged = plan.merge(tgt)  # (B, M, C) size-weighted mean residuals
+    uses_pos = any(layer.pos_enc_at_attn or layer.pos_enc_at_cross_attn_queries for layer in layers)
+    merged_pos = plan.merge(query_pos) if uses_pos and query_pos is not None else None
+    context = layer_context(first, plan, first.tomeplug_setting.prop_attn)  # once per plan
+    out = merged
+    for layer in layers:
+        out = layer.merged_forward(out, memory, pos, merged_pos, num_k_exclude_rope, context)
+    return tgt + plan.unmerge(out - merged)
+
+
+def layer_runs(schedule: Mapping[int, Setting], depth: int) -> tuple[tuple[int, ...], ...]:
+    """The layers in runs: maximal runs of consecutive span-scoped layers with equal settings, and every
+    other layer alone. Computed from the schedule alone."""
+    runs: list[list[int]] = []
+    for index in range(depth):
+        setting = schedule.get(index)
+        spanning = setting is not None and setting.scope == "span"
+        if spanning and index > 0 and runs and schedule.get(index - 1) == setting:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return tuple(tuple(run) for run in runs)
+
+
+class MergingMemoryAttention(nn.Module):
+    """Mixin over sam2's ``MemoryAttention`` (scope ``span``): runs each span of layers on one plan."""
+
+    tomeplug_runs: tuple[tuple[int, ...], ...]
+
+    def forward(
+        self,
+        curr: Tensor | list[Tensor],
+        memory: Tensor,
+        curr_pos: Tensor | list[Tensor] | None = None,
+        memory_pos: Tensor | None = None,
+        num_obj_ptr_tokens: int = 0,
+    ) -> Tensor:
+        if isinstance(curr, list):  # upstream's input handling, step for step
+            if not isinstance(curr_pos, list) or not len(curr) == len(curr_pos) == 1:
+                raise ValueError("memory attention takes one feature level: curr and curr_pos as 1-element lists")
+            curr, curr_pos = curr[0], curr_pos[0]
+        if curr.shape[1] != memory.shape[1]:
+            raise ValueError("memory attention: batch size must be the same for curr and memory")
+        output = curr
+        if self.pos_enc_at_input and curr_pos is not None:
+            output = output + 0.1 * curr_pos
+        if self.batch_first:
+            output, curr_pos = output.transpose(0, 1), curr_pos.transpose(0, 1)
+            memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
+        for run in self.tomeplug_runs:
+            members = [self.layers[i] for i in run]
+            nk = num_obj_ptr_tokens if has_rope(members[0].cross_attn_image) else 0
+            if len(members) > 1 and members[0].merges(output):
+                output = run_merged(members, output, memory, memory_pos, curr_pos, nk)
+                continue
+            for layer in members:
+                kwds = {"num_k_exclude_rope": nk} if has_rope(layer.cross_attn_image) else {}
+                output = layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **kwds)
+        normed = self.norm(output)
+        return normed.transpose(0, 1) if self.batch_first else normed
+
+
+class Sam2MemoryAttentionAdapter(Adapter):
+    """sam2's MemoryAttention, alone or in a SAM2Base and subclasses (SAM2VideoPredictor): the frame's tokens"""
+
+    name = "sam2_memory_attention"
+    target = "memory_attention"
+    scopes = ("attn", "block", "span")
+    classes: ClassVar[tuple[str, str]] = SAM2_CLASSES
+    """The class paths of the whole model and its memory attention."""
+
+    def matches(self, model: nn.Module) -> bool:
+        """True for a ``SAM2Base`` (any subclass) or a ``MemoryAttention``."""
+        return memory_attention(model, self.classes) is not None
+
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        """The memory attention's ``layers`` (4 in the official models)."""
+        module = memory_attention(model, self.classes)
+        if module is None:
+            raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
+        return list(module.layers)
+
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
+        """Swap layer ``index``'s class; with any span-scoped layer, also the memory attention's (its loop)."""
+        module = memory_attention(model, self.classes)
+        layer = module.layers[index]
+        if not module.batch_first:
+            raise ValueError(f"{self.name}: MemoryAttention(batch_first=False) is not supported")
+        swap_class(layer, MergingMemoryAttentionLayer)
+        layer.tomeplug_setting = schedule[index]
+        if any(setting.scope == "span" for setting in schedule.values()):
+            if "forward" in module.__dict__:
+                raise ValueError(
+                    f"{self.name}: this MemoryAttention's forward is replaced on the instance (e.g. compiled by "
+                    "SAM2VideoPredictorVOS), which would bypass the span loop; build the plain SAM2VideoPredictor "
+                    "and compile the patched model, or use scope='block'"
+                )
+            swap_class(module, MergingMemoryAttention)
+            module.tomeplug_runs = layer_runs(schedule, len(module.layers))
