@@ -198,6 +198,17 @@ def test_module_is_callable_and_exposes_tune():
     assert tomeplug_eval.tune is tune and callable(tune) and tune.tune.__name__ == "tune"
 
 
+def test_tomeplug_tune_is_the_search(monkeypatch):
+    """``tomeplug.tune`` (the core's front door) runs the search; without the eval package it says what to install."""
+    model = MODELS["sam"]()
+    ours, report = tomeplug.tune(model, images(1), "flops=0.9", r=[0.5])
+    theirs, _ = tune(model, images(1), "flops=0.9", r=[0.5])
+    assert ours == theirs and report.final.flops_ratio <= 0.9
+    monkeypatch.setitem(sys.modules, "tomeplug_eval.tune", None)
+    with pytest.raises(ModuleNotFoundError, match=r"tomeplug.tune needs the evaluation package.*tomeplug\[eval\]"):
+        tomeplug.tune(model, images(1))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Schedule files, the harness, the command line
 

@@ -33,6 +33,21 @@ def list_adapters() -> list[str]:
     return sorted(get_registry().adapters)
 
 
+def tune(model, images, target="flops=0.8", **options):
+    """The most faithful schedule meeting ``target`` (``"flops=0.8"``, ``{"speedup": 1.2}``), searched on
+    calibration ``images`` against the unmerged model: ``(schedule, report)``; ``tomeplug.patch(model, None,
+    layers=schedule)`` applies it. The search lives in ``tomeplug_eval.tune`` (``pip install "tomeplug[eval]"``),
+    which documents ``options``; it is imported here only when called."""
+    try:
+        from tomeplug_eval.tune import tune as search
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            f"tomeplug.tune needs the evaluation package and its dependencies ({error.name} is missing): "
+            'pip install "tomeplug[eval]"'
+        ) from error
+    return search(model, images, target, **options)
+
+
 __all__ = [
     "Adapter",
     "CellStrategyConfig",
@@ -54,6 +69,7 @@ __all__ = [
     "list_strategies",
     "log_size_bias",
     "patch",
+    "tune",
     "unpatch",
     "use_registry",
 ]
