@@ -44,6 +44,7 @@ import datetime
 import functools
 import json
 import platform
+import sys
 import time
 import warnings
 from collections import Counter
@@ -53,7 +54,6 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from sdpa_attention import use_sdpa  # bench/, the script's folder
 
 import tomeplug
 import tomeplug.matching
@@ -73,6 +73,9 @@ from tomeplug_eval.flops import count_flops
 from tomeplug_eval.latency import compare
 from tomeplug_eval.memory import PeakMemory
 from tomeplug_eval.model_catalog import ALIASES, MODELS, RandomWeightsWarning, build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/'s own modules, however this file is loaded
+from sdpa_attention import use_sdpa  # noqa: E402
 
 VIT_B_SCHEDULE = [0, 2, 5, 8, 9, 10, 11]
 _PAPER = ["sam_vit_l", "hq_sam_vit_l", "sam2.1_hiera_l", "hf_sam_vit_l", "hf_sam_hq_vit_l", "hf_sam2.1_hiera_l"]
