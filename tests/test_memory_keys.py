@@ -223,3 +223,25 @@ def test_nonsense_memory_options_raise_clearly(predictor):
     del predictor.memory_attention.forward
     assert tomeplug.active_patch(predictor, "memory_attention") is None
     assert not [m for m in predictor.modules() if type(m).__name__.startswith("Merging")]
+
+
+def test_ultralytics_memory_attention_merges_its_memory_as_sam2s():
+    """Ultralytics' vendored MemoryAttention and sam2's at the official SAM 2.1 size with one state dict:
+    the same merged output with memory_r, queries merged or not."""
+    from tiny_ultralytics import tiny_sam2 as tiny_ultralytics_sam2
+
+    from tomeplug_eval.architectures import instantiate_sam2, sam2_config
+
+    ultralytics = tiny_ultralytics_sam2().memory_attention
+    sam2 = instantiate_sam2(sam2_config("sam2.1/sam2.1_hiera_t.yaml").memory_attention).eval()
+    sam2.load_state_dict(ultralytics.state_dict())
+    curr = torch.randn(N, 2, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = run_memory_attention(sam2, curr)
+        for r in (0.0, 0.5):
+            with tomeplug.patch(ultralytics, "tome", r=r, memory_r=0.5, scope="span") as handle:
+                assert handle.adapter == "ultralytics_sam2_memory_attention"
+                merged = run_memory_attention(ultralytics, curr)
+            with tomeplug.patch(sam2, "tome", r=r, memory_r=0.5, scope="span"):
+                torch.testing.assert_close(run_memory_attention(sam2, curr), merged)
+            assert not torch.allclose(merged, dense, atol=1e-3)
