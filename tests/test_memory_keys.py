@@ -245,3 +245,20 @@ def test_ultralytics_memory_attention_merges_its_memory_as_sam2s():
             with tomeplug.patch(sam2, "tome", r=r, memory_r=0.5, scope="span"):
                 torch.testing.assert_close(run_memory_attention(sam2, curr), merged)
             assert not torch.allclose(merged, dense, atol=1e-3)
+
+
+def test_a_layer_called_alone_merges_the_memory_itself():
+    """A patched layer called without its MemoryAttention (no memory merged for it) plans the memory itself,
+    its RoPE-free keys the pointers: the same output as with the memory the MemoryAttention merges."""
+    memory_attention = tiny_sam2(memory_layers=LAYERS).memory_attention
+    tomeplug.patch(memory_attention, "tome", r=0.5, memory_r=0.5, scope="block")
+    layer = memory_attention.layers[1]
+    generator = torch.Generator().manual_seed(2)
+    tgt, query_pos = torch.randn(2, 2, N, 32, generator=generator)
+    memory, pos = torch.randn(2, 2, 2 * N + 4, 16, generator=generator)
+    with torch.no_grad():
+        given = layer.merged_memory(memory, pos, 4, N)
+        alone = layer(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=4)
+        torch.testing.assert_close(alone, layer(tgt, memory, pos, query_pos, 4, tomeplug_memory=given), atol=0, rtol=0)
+        tomeplug.unpatch(memory_attention)
+        assert not torch.allclose(alone, layer(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=4))
