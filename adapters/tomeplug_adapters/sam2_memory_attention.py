@@ -276,6 +276,7 @@ class MergingMemoryAttentionLayer(nn.Module):
         normed = self.norm2(tgt)
         q = normed + query_pos if self.pos_enc_at_cross_attn_queries else normed
         table = rope_table(self.cross_attn_image, tgt.shape[1])
+        table = None if table is None else table.to(tgt.device)  # upstream's table follows the queries' device
         attended = merged_cross_attention(self, q, memory, pos, nk, table, table, merged)
         return self.mlp_residual(tgt + self.dropout2(attended))
 
