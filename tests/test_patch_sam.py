@@ -106,7 +106,7 @@ def test_mixed_schedule_per_block(image):
     assert encoder.blocks[2].attn.tomeplug_setting.strategy.r == 0.1
     assert type(encoder.blocks[1].attn).__name__ == "Attention"
     assert torch.isfinite(encode(encoder, image)).all()
-    options = {"scope": "attn", "metric": "input", "prop_attn": False, "exclude_padding": False}
+    options = {"scope": "attn", "metric": "input", "prop_attn": False, "exclude_padding": False, "memory_r": None}
     assert handle.to_dict()["layers"][2] == {"strategy": "tome", **attrs.asdict(config), **options}
 
 

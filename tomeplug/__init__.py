@@ -3,7 +3,7 @@
 ``tomeplug.patch(model, "tome", layers=[0, 4, 5], r=0.5)`` patches an official model in place; the
 returned handle (or ``tomeplug.unpatch(model)``) undoes it. Each selected block gets a frozen
 :class:`Setting`: the strategy's config (the algorithm, ``r`` and its own parameters) plus the
-application options (``scope``, ``metric``, ``prop_attn``, ``exclude_padding``). Strategy authors find
+application options (``scope``, ``metric``, ``prop_attn``, ``exclude_padding``, ``memory_r``). Strategy authors find
 their building blocks here too (``bipartite_plan``, ``cell_plan``, ``CellStrategyConfig``, ...).
 Importing tomeplug loads no plugin and no model library: the registry scans the ``tomeplug`` entry
 points on its first lookup.

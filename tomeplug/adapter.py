@@ -29,6 +29,8 @@ class Adapter:
     site, e.g. ``"memory_attention"`` (SAM 2's memory-attention layers). A model can hold one patch per target."""
     scopes: ClassVar[tuple[str, ...]] = ("attn",)
     """The merge scopes (see :class:`tomeplug.Setting`) this adapter implements."""
+    merges_memory: ClassVar[bool] = False
+    """Whether its blocks attend to a memory whose tokens it can merge (the ``memory_r`` option)."""
     presets: ClassVar[tuple[Preset, ...]] = ()
     """Named schedules published for this adapter's models (``layers="paper"``)."""
 

@@ -98,7 +98,7 @@ def patch(
         adapter: an adapter name or instance; by default the registered adapter of ``target`` that matches
             the model.
         **params: flat keywords: the strategy's parameters, e.g. ``r=0.5`` (the merge fraction), and the
-            application options ``scope``, ``metric``, ``prop_attn``, ``exclude_padding``.
+            application options ``scope``, ``metric``, ``prop_attn``, ``exclude_padding``, ``memory_r``.
 
     A model holds one patch per target. Patching a target of a patched model (or of a model enclosing, or
     enclosed by, a patched one) replaces the earlier patch of that target; other targets' patches stay.
@@ -124,6 +124,11 @@ def patch(
             raise ValueError(
                 f"block {index}: adapter {adapter.name!r} supports the merge scopes {', '.join(adapter.scopes)}, "
                 f"not {setting.scope!r}"
+            )
+        if setting.memory_r is not None and not adapter.merges_memory:
+            raise ValueError(
+                f"block {index}: memory_r merges the memory that memory attention attends to; adapter {adapter.name!r} "
+                f"(target {target!r}) has none: leave memory_r out, or patch target='memory_attention'"
             )
     previous = _handles_touching(model, target)
     others = [h for h in _handles_touching(model) if h.target != target]

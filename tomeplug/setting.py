@@ -3,7 +3,8 @@
 A strategy holds only the algorithm (``r`` and its own parameters, see :class:`tomeplug.StrategyConfig`).
 How an adapter applies the strategy's plan is the setting's: which features the plan is computed from
 (``metric``), how much of the block runs on merged tokens (``scope``), proportional attention
-(``prop_attn``) and keeping padding out of matching (``exclude_padding``). ``tomeplug.patch`` takes
+(``prop_attn``), keeping padding out of matching (``exclude_padding``) and, in SAM 2's memory attention,
+merging the memory frames' tokens too (``memory_r``). ``tomeplug.patch`` takes
 both kinds as flat keywords and splits them by name (:data:`OPTION_NAMES`).
 """
 
@@ -42,6 +43,17 @@ def _check_exclude_padding(instance: Setting, attribute: attrs.Attribute, value:
         )
 
 
+def _check_memory_r(instance: Setting, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"memory_r must be a float or None, got {value!r}")
+    try:
+        attrs.evolve(instance.strategy, r=value)  # the strategy's own range for r (e.g. ToMe's cap at 0.5)
+    except ValueError as error:
+        raise ValueError(f"memory_r={value} is not a merge fraction this strategy takes: {error}") from None
+
+
 def _check_strategy(instance: Setting, attribute: attrs.Attribute, value: StrategyConfig) -> None:
     if not isinstance(value, StrategyConfig):
         raise TypeError(f"a setting's strategy must be a tomeplug.StrategyConfig, got {type(value).__name__}")
@@ -63,6 +75,10 @@ class Setting:
         exclude_padding: keep zero-padding tokens (SAM's and Hiera's padded windows) out of matching: they
             merge only into each other and never into real tokens. Needs a strategy whose
             ``supports_padding_mask`` is True.
+        memory_r: memory attention only (target ``"memory_attention"``): the merge fraction of each memory
+            frame's spatial tokens, the cross-attention's keys and values, planned by the same strategy at
+            r = ``memory_r``; they always carry ``log(size)`` (proportional attention). ``None`` (default):
+            the memory is not merged. An adapter without a memory refuses it.
     """
 
     strategy: StrategyConfig = attrs.field(validator=_check_strategy)
@@ -70,6 +86,7 @@ class Setting:
     metric: str = attrs.field(default="input", validator=_check_metric)
     prop_attn: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     exclude_padding: bool = attrs.field(default=False, validator=_check_exclude_padding)
+    memory_r: float | None = attrs.field(default=None, validator=_check_memory_r)
 
     @property
     def name(self) -> str:

@@ -5,7 +5,9 @@ model). Each ``MemoryAttentionLayer`` maps the frame's tokens (B, N, C) (N = H x
 1024 px; B = the objects tracked together) through self-attention (RoPE on queries and keys), cross-
 attention to the memory (the memory frames' spatial tokens, RoPE on their keys, then the object-pointer
 tokens, which upstream keeps out of RoPE via ``num_k_exclude_rope``) and an MLP, each a pre-norm residual
-branch. Here the queries (the frame's tokens) run merged; the memory is untouched:
+branch. Here the queries (the frame's tokens) run merged as the scope says; with the option ``memory_r``
+the memory frames' spatial tokens merge too, once per call for every layer that sets it
+(:mod:`tomeplug_adapters.sam2_memory_keys`; ``r=0, memory_r=0.5`` merges the memory only):
 
 - ``attn``: per layer, one plan (as in ``block``, below); self-attention and cross-attention each run on
   their merged inputs (q, k, v of the self-attention, the cross-attention's queries) and are unmerged
@@ -27,11 +29,12 @@ none. The additive query position encoding (``query_pos``, where ``pos_enc_at_at
 ``pos_enc_at_cross_attn_queries`` adds it) is merged as the tokens are (its size-weighted mean);
 ``pos_enc_at_input`` adds it to every token before the first layer, as upstream, before any merge.
 
-``prop_attn`` adds ``log(size)`` to the self-attention logits only: the cross-attention's keys are the
-(unmerged) memory, object pointers included. There is no padding here: ``exclude_padding`` changes nothing.
-Each batch row (object) gets its own plan. ``SAM2VideoPredictorVOS`` replaces ``MemoryAttention.forward``
-on the instance with a compiled one: ``span`` refuses it (its loop would be bypassed); compile the
-patched model instead (``fullgraph=True`` traces every scope).
+``prop_attn`` adds ``log(size)`` to the self-attention logits only; the cross-attention's keys carry it
+exactly when the memory is merged (``memory_r``), object pointers with size 1. There is no padding here:
+``exclude_padding`` changes nothing. Each batch row (object) gets its own plan. ``SAM2VideoPredictorVOS``
+replaces ``MemoryAttention.forward`` on the instance with a compiled one: ``span`` and ``memory_r`` refuse it
+(its loop and the memory merge would be bypassed); compile the patched model instead (``fullgraph=True``
+traces every scope).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from tomeplug.classswap import swap_class
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan, log_size_bias
 from tomeplug.setting import Setting
+from tomeplug_adapters.sam2_memory_keys import MergedMemory, check_memory_settings, memory_setting, merge_memory
 from tomeplug_adapters.sam3_vit_attention import kept_rotations
 
 SAM2_BASE = "sam2.modeling.sam2_base.SAM2Base"
@@ -142,41 +146,73 @@ def merged_self_attention(attn: nn.Module, qk: Tensor, v: Tensor, context: Layer
     return attn.out_proj(out.transpose(1, 2).reshape(b, m, -1))
 
 
-def merged_cross_attention(
-    attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int, context: LayerContext
-) -> Tensor:
-    """sam2's cross-attention from merged queries (B, M, C) to the memory (B, T, C_mem) -> (B, M, C).
+def memory_key_rotations(attn: nn.Module, rope_keys: int, table: Tensor, merged: MergedMemory | None) -> Tensor:
+    """The RoPE rows of the memory's first ``rope_keys`` keys: upstream's (cell j % N of the frame's (N, hd / 2)
+    ``table``, repeated per memory frame), or a merged memory's (each merged key's kept cell)."""
+    if merged is not None:
+        return merged.key_rotations(table)
+    repeats = rope_keys // table.shape[0]
+    if repeats * table.shape[0] != rope_keys or (repeats > 1 and not attn.rope_k_repeat):
+        raise ValueError(
+            f"memory attention: {rope_keys} memory keys with RoPE for {table.shape[0]} frame tokens; "
+            "upstream repeats the frame's rotations per memory frame (rope_k_repeat)"
+        )
+    return table.expand(repeats, *table.shape).reshape(rope_keys, -1)  # cell j % N
 
-    Queries take the RoPE rows of their kept cells; the memory's first T - ``num_k_exclude_rope`` keys
-    (the spatial memory) take upstream's rows (cell j % N), the object-pointer keys after them none.
+
+def merged_cross_attention(
+    layer: nn.Module,
+    q: Tensor,
+    memory: Tensor,
+    pos: Tensor | None,
+    num_k_exclude_rope: int,
+    query_rotations: Tensor | None,
+    memory_table: Tensor | None,
+    merged: MergedMemory | None,
+) -> Tensor:
+    """A layer's cross-attention from queries ``q`` (B, Q, C; norm and query position added) to the memory
+    (B, T, C_mem) or its merged tokens ``merged``: -> (B, Q, C).
+
+    Queries take ``query_rotations`` (the frame's table, or the rows of their kept cells; None: no RoPE);
+    the memory's first T - ``num_k_exclude_rope`` keys (the spatial memory) their rows from ``memory_table``
+    (:func:`memory_key_rotations`), the object-pointer keys after them none. A merged memory adds its
+    ``log(size)`` to the logits.
     """
-    q, k, v = heads(attn, attn.q_proj(q)), heads(attn, attn.k_proj(k)), heads(attn, attn.v_proj(v))
-    if context.cross_rotations is not None:
-        q = rotate(q, context.cross_rotations)
+    attn = layer.cross_attn_image
+    if merged is not None:
+        memory, pos = merged.memory, merged.pos
+    k = memory + pos if layer.pos_enc_at_cross_attn_keys else memory
+    q, k, v = heads(attn, attn.q_proj(q)), heads(attn, attn.k_proj(k)), heads(attn, attn.v_proj(memory))
+    if query_rotations is not None:
+        q = rotate(q, query_rotations)
         rope_keys = k.shape[2] - num_k_exclude_rope
         if rope_keys > 0:
-            table = context.memory_table
-            repeats = rope_keys // table.shape[0]
-            if repeats * table.shape[0] != rope_keys or (repeats > 1 and not attn.rope_k_repeat):
-                raise ValueError(
-                    f"memory attention: {rope_keys} memory keys with RoPE for {table.shape[0]} frame tokens; "
-                    "upstream repeats the frame's rotations per memory frame (rope_k_repeat)"
-                )
-            rows = table.to(k.device).expand(repeats, *table.shape).reshape(rope_keys, -1)  # cell j % N
+            rows = memory_key_rotations(attn, rope_keys, memory_table.to(k.device), merged)
             k = torch.cat([rotate(k[:, :, :rope_keys], rows), k[:, :, rope_keys:]], dim=2)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout_p if attn.training else 0.0)
+    mask = None if merged is None else merged.log_size.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout_p if attn.training else 0.0)
     b, _, m, _ = out.shape
     return attn.out_proj(out.transpose(1, 2).reshape(b, m, -1))
 
 
 class MergingMemoryAttentionLayer(nn.Module):
-    """Mixin over sam2's ``MemoryAttentionLayer`` (scopes ``block`` and ``span``): the frame's tokens merged."""
+    """Mixin over sam2's ``MemoryAttentionLayer``: the frame's tokens merged, and the memory with ``memory_r``."""
 
     tomeplug_setting: Setting
+    tomeplug_memory_setting: Setting | None
+    """The setting that plans the memory (the strategy at r = ``memory_r``), or None."""
 
     def merges(self, tgt: Tensor) -> bool:
         """Whether this layer merges any of the frame's tokens ``tgt`` (B, N, C)."""
         return self.tomeplug_setting.num_to_merge(tgt.shape[1]) > 0
+
+    def merged_memory(self, memory: Tensor, pos: Tensor | None, num_pointers: int, n: int) -> MergedMemory | None:
+        """The memory merged as this layer's ``memory_r`` says, for a frame of n tokens (None: not merged)."""
+        return merge_memory(self, memory, pos, num_pointers, square_grid(n))
+
+    def mlp_residual(self, tgt: Tensor) -> Tensor:
+        """Upstream's MLP branch and its residual add: (B, T, C) -> (B, T, C)."""
+        return tgt + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(self.norm3(tgt))))))
 
     def attention_input(self, tokens: Tensor, query_pos: Tensor | None) -> Tensor:
         """The self-attention's query and key input: ``norm1(tokens)``, plus ``query_pos`` where upstream adds it."""
@@ -190,7 +226,14 @@ class MergingMemoryAttentionLayer(nn.Module):
         return plan_merge(self.tomeplug_setting, inputs, None, attn.num_heads, square_grid(tgt.shape[1]), attn.k_proj)
 
     def merged_forward(
-        self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int, context: LayerContext
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor | None,
+        query_pos: Tensor | None,
+        nk: int,
+        context: LayerContext,
+        merged: MergedMemory | None,
     ) -> Tensor:
         """Upstream's layer on merged tokens ``tgt`` (B, M, C) with merged ``query_pos`` (B, M, C) or None."""
         normed = self.norm1(tgt)
@@ -198,10 +241,9 @@ class MergingMemoryAttentionLayer(nn.Module):
         tgt = tgt + self.dropout1(merged_self_attention(self.self_attn, qk, normed, context))
         normed = self.norm2(tgt)
         q = normed + query_pos if self.pos_enc_at_cross_attn_queries else normed
-        k = memory + pos if self.pos_enc_at_cross_attn_keys else memory
-        tgt = tgt + self.dropout2(merged_cross_attention(self.cross_attn_image, q, k, memory, nk, context))
-        mlp = self.linear2(self.dropout(self.activation(self.linear1(self.norm3(tgt)))))
-        return tgt + self.dropout3(mlp)
+        rotations, table = context.cross_rotations, context.memory_table
+        attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
+        return self.mlp_residual(tgt + self.dropout2(attended))
 
     def forward(
         self,
@@ -210,15 +252,42 @@ class MergingMemoryAttentionLayer(nn.Module):
         pos: Tensor | None = None,
         query_pos: Tensor | None = None,
         num_k_exclude_rope: int = 0,
+        tomeplug_memory: MergedMemory | None = None,
     ) -> Tensor:
+        """Upstream's arguments; ``tomeplug_memory``: the memory merged once per call by the memory attention
+        (without it, a layer that sets ``memory_r`` merges the memory itself, its pointers the RoPE-free keys)."""
+        merged = tomeplug_memory
+        if merged is None and self.tomeplug_memory_setting is not None:
+            merged = self.merged_memory(memory, pos, num_k_exclude_rope, tgt.shape[1])
         if not self.merges(tgt):
-            return super().forward(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=num_k_exclude_rope)
+            if merged is None:
+                return super().forward(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=num_k_exclude_rope)
+            return self.memory_merged(tgt, memory, pos, query_pos, num_k_exclude_rope, merged)
         if self.tomeplug_setting.scope == "attn":
-            return self.attention_merged(tgt, memory, pos, query_pos, num_k_exclude_rope)
-        return run_merged([self], tgt, memory, pos, query_pos, num_k_exclude_rope)
+            return self.attention_merged(tgt, memory, pos, query_pos, num_k_exclude_rope, merged)
+        return run_merged([self], tgt, memory, pos, query_pos, num_k_exclude_rope, merged)
+
+    def memory_merged(
+        self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int, merged: MergedMemory
+    ) -> Tensor:
+        """The frame's tokens unmerged, the memory merged: upstream's self-attention and MLP, the cross-attention
+        to the merged memory (queries at their own cells' rotations)."""
+        tgt = self._forward_sa(tgt, query_pos)
+        normed = self.norm2(tgt)
+        q = normed + query_pos if self.pos_enc_at_cross_attn_queries else normed
+        table = rope_table(self.cross_attn_image, tgt.shape[1])
+        table = None if table is None else table.to(tgt.device)  # upstream's table follows the queries' device
+        attended = merged_cross_attention(self, q, memory, pos, nk, table, table, merged)
+        return self.mlp_residual(tgt + self.dropout2(attended))
 
     def attention_merged(
-        self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor | None,
+        query_pos: Tensor | None,
+        nk: int,
+        merged: MergedMemory | None,
     ) -> Tensor:
         """Scope ``attn``: both attentions on merged inputs (one plan), each unmerged after its output
         projection (per token and linear: exact before the unmerge); residuals and the MLP per token."""
@@ -230,11 +299,9 @@ class MergingMemoryAttentionLayer(nn.Module):
         tgt = tgt + self.dropout1(plan.unmerge(attended))
         normed = self.norm2(tgt)
         q = plan.merge(normed + query_pos if self.pos_enc_at_cross_attn_queries else normed)
-        k = memory + pos if self.pos_enc_at_cross_attn_keys else memory
-        attended = merged_cross_attention(self.cross_attn_image, q, k, memory, nk, context)
-        tgt = tgt + self.dropout2(plan.unmerge(attended))
-        mlp = self.linear2(self.dropout(self.activation(self.linear1(self.norm3(tgt)))))
-        return tgt + self.dropout3(mlp)
+        rotations, table = context.cross_rotations, context.memory_table
+        attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
+        return self.mlp_residual(tgt + self.dropout2(plan.unmerge(attended)))
 
 
 def run_merged(
@@ -244,11 +311,13 @@ def run_merged(
     pos: Tensor | None,
     query_pos: Tensor | None,
     num_k_exclude_rope: int,
+    merged_memory: MergedMemory | None = None,
 ) -> Tensor:
     """Run consecutive memory-attention layers on one plan's merged frame tokens: (B, N, C) -> (B, N, C).
 
     The plan is the first layer's (:meth:`MergingMemoryAttentionLayer.plan`); each token leaves with its
-    own residual plus its slot's change ("delta unmerge").
+    own residual plus its slot's change ("delta unmerge"). ``merged_memory``: the memory they attend to,
+    merged (None: upstream's).
     """
     first = layers[0]
     plan = first.plan(tgt, query_pos)
@@ -258,7 +327,7 @@ def run_merged(
     context = layer_context(first, plan, first.tomeplug_setting.prop_attn)  # once per plan
     out = merged
     for layer in layers:
-        out = layer.merged_forward(out, memory, pos, merged_pos, num_k_exclude_rope, context)
+        out = layer.merged_forward(out, memory, pos, merged_pos, num_k_exclude_rope, context, merged_memory)
     return tgt + plan.unmerge(out - merged)
 
 
@@ -277,9 +346,12 @@ def layer_runs(schedule: Mapping[int, Setting], depth: int) -> tuple[tuple[int, 
 
 
 class MergingMemoryAttention(nn.Module):
-    """Mixin over sam2's ``MemoryAttention`` (scope ``span``): runs each span of layers on one plan."""
+    """Mixin over sam2's ``MemoryAttention`` (scope ``span``, option ``memory_r``): runs each span of layers on
+    one plan, and merges the memory once per call for the layers that set ``memory_r``."""
 
     tomeplug_runs: tuple[tuple[int, ...], ...]
+    tomeplug_memory_planner: int | None
+    """The first layer that sets ``memory_r`` (its setting and cross-attention plan the memory), or None."""
 
     def forward(
         self,
@@ -301,14 +373,22 @@ class MergingMemoryAttention(nn.Module):
         if self.batch_first:
             output, curr_pos = output.transpose(0, 1), curr_pos.transpose(0, 1)
             memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
+        merged = None
+        if self.tomeplug_memory_planner is not None:
+            planner = self.layers[self.tomeplug_memory_planner]
+            merged = planner.merged_memory(memory, memory_pos, num_obj_ptr_tokens, output.shape[1])
         for run in self.tomeplug_runs:
             members = [self.layers[i] for i in run]
             nk = num_obj_ptr_tokens if has_rope(members[0].cross_attn_image) else 0
+            setting = members[0].__dict__.get("tomeplug_setting")
+            own = merged if setting is not None and setting.memory_r is not None else None
             if len(members) > 1 and members[0].merges(output):
-                output = run_merged(members, output, memory, memory_pos, curr_pos, nk)
+                output = run_merged(members, output, memory, memory_pos, curr_pos, nk, own)
                 continue
             for layer in members:
                 kwds = {"num_k_exclude_rope": nk} if has_rope(layer.cross_attn_image) else {}
+                if own is not None:
+                    kwds["tomeplug_memory"] = own
                 output = layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **kwds)
         normed = self.norm(output)
         return normed.transpose(0, 1) if self.batch_first else normed
@@ -320,6 +400,7 @@ class Sam2MemoryAttentionAdapter(Adapter):
     name = "sam2_memory_attention"
     target = "memory_attention"
     scopes = ("attn", "block", "span")
+    merges_memory = True
     classes: ClassVar[tuple[str, str]] = SAM2_CLASSES
     """The class paths of the whole model and its memory attention."""
 
@@ -342,12 +423,15 @@ class Sam2MemoryAttentionAdapter(Adapter):
             raise ValueError(f"{self.name}: MemoryAttention(batch_first=False) is not supported")
         swap_class(layer, MergingMemoryAttentionLayer)
         layer.tomeplug_setting = schedule[index]
-        if any(setting.scope == "span" for setting in schedule.values()):
+        layer.tomeplug_memory_setting = memory_setting(schedule[index])
+        planner = check_memory_settings(schedule, self.name)
+        if planner is not None or any(setting.scope == "span" for setting in schedule.values()):
             if "forward" in module.__dict__:
                 raise ValueError(
                     f"{self.name}: this MemoryAttention's forward is replaced on the instance (e.g. compiled by "
-                    "SAM2VideoPredictorVOS), which would bypass the span loop; build the plain SAM2VideoPredictor "
-                    "and compile the patched model, or use scope='block'"
+                    "SAM2VideoPredictorVOS), which would bypass the span loop and the memory merge; build the plain "
+                    "SAM2VideoPredictor and compile the patched model, or use scope='block' without memory_r"
                 )
             swap_class(module, MergingMemoryAttention)
             module.tomeplug_runs = layer_runs(schedule, len(module.layers))
+            module.tomeplug_memory_planner = planner
