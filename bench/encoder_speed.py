@@ -96,6 +96,26 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CACHE = Path("outputs/bench_flops_cache.json")
 
 
+def build_encoder(model: str) -> torch.nn.Module:
+    """The image encoder of harness model ``model`` (random weights, eval mode): SAM 3's ViT alone, else the
+    model's ``image_encoder`` (transformers: ``vision_encoder``)."""
+    if model in SAM3_ENCODERS:
+        return SAM3_ENCODERS[model]().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        built = build_model(model)
+    return getattr(built, "image_encoder", None) or built.vision_encoder
+
+
+def embedding(out) -> torch.Tensor:
+    """The image embedding in an encoder's output."""
+    if isinstance(out, list):  # SAM 3's ViT: a list of (B, C, h, w) maps
+        return out[-1]
+    if hasattr(out, "last_hidden_state"):  # transformers' vision encoders: an output dataclass
+        return out.last_hidden_state
+    return out["vision_features"] if isinstance(out, dict) else out  # SAM 2's ImageEncoder: a dict
+
+
 def encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:
     """The encoder's blocks, as its adapter lists them."""
     return list(tomeplug.get_registry().adapter_for(encoder).blocks(encoder))
@@ -120,12 +140,17 @@ def code_version() -> str:
     return hashlib.sha256(b"".join(Path(f).read_bytes() for f in sources)).hexdigest()[:16]
 
 
-def gflops(encoder: torch.nn.Module, key: dict, size: int) -> float:
-    """fvcore GFLOPs of one 1 x 3 x size x size forward, cached by ``key``."""
+def gflops(encoder: torch.nn.Module, key: dict, size: int, count: bool = True) -> float | None:
+    """fvcore GFLOPs of one 1 x 3 x size x size forward (on the encoder's device and dtype), cached by ``key``;
+    None if not cached and not ``count``."""
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     name = json.dumps({**key, "code": code_version()}, sort_keys=True)
+    if name not in cache and not count:
+        return None
     if name not in cache:
-        cache[name] = count_flops(encoder, torch.randn(1, 3, size, size)).gflops
+        weight = next(encoder.parameters())
+        x = torch.randn(1, 3, size, size).to(weight.device, weight.dtype)
+        cache[name] = count_flops(encoder, x).gflops
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         CACHE.write_text(json.dumps(cache, indent=1))
     return cache[name]
@@ -248,13 +273,7 @@ def main() -> None:
     args.size = args.size or SMALL_INPUTS.get(args.model, 1024)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.model in SAM3_ENCODERS:
-        dense = SAM3_ENCODERS[args.model]().eval()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RandomWeightsWarning)
-            model = build_model(args.model)
-        dense = getattr(model, "image_encoder", None) or model.vision_encoder  # transformers: vision_encoder
+    dense = build_encoder(args.model)
     layers = parse_layers(args.layers or DEFAULT_LAYERS.get(args.model, "all"), dense)
     patched = copy.deepcopy(dense)
     params = {"r": args.r, "scope": args.scope, **({"exclude_padding": True} if args.exclude_padding else {})}
@@ -274,12 +293,7 @@ def main() -> None:
 
     def forward(model):
         with torch.no_grad():
-            out = model(x)
-        if isinstance(out, list):  # SAM 3's ViT: a list of (B, C, h, w) maps
-            return out[-1]
-        if hasattr(out, "last_hidden_state"):  # transformers' vision encoders: an output dataclass
-            return out.last_hidden_state
-        return out["vision_features"] if isinstance(out, dict) else out  # SAM 2's ImageEncoder: a dict
+            return embedding(model(x))
 
     timing = compare(
         {"dense": functools.partial(forward, run_dense), "patched": functools.partial(forward, run_patched)},

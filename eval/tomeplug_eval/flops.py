@@ -44,6 +44,7 @@ SDPA_OPS = (
     "aten::_scaled_dot_product_flash_attention_for_cpu",
     "aten::_scaled_dot_product_efficient_attention",
     "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_cudnn_attention",  # CUDA's pick for bf16 on recent GPUs (H100, H200)
 )
 
 
