@@ -5,7 +5,8 @@ for each object on its prompt frame, ``propagate_in_video``, a pixel is the obje
 Objects may overlap in SAM 2's output unless ``predictor.non_overlap_masks`` is set; as the tool, the runner
 sets it for DAVIS-layout sets (one palette PNG per frame, where the lowest id wins an overlap) and clears it
 for SA-V (one PNG per object), for the duration of the run. A patched predictor (``tomeplug.patch``) merges
-tokens in its image encoder; everything else runs as upstream.
+tokens in its image encoder (and, patched with ``target="memory_attention"``, in its memory attention); the
+forwards of both are timed (:class:`EncoderTimer`), for the per-frame time split.
 """
 
 from __future__ import annotations
@@ -68,11 +69,14 @@ class VOSResult:
             is empty before its own prompt frame).
         encoder_seconds: the time of each image-encoder forward (one per frame and propagation pass).
         seconds: wall-clock of the whole run (frame loading, prompts, propagation).
+        memory_seconds: the time of each memory-attention forward (SAM 2: one per frame and object after
+            the prompt frame); empty where it was not timed.
     """
 
     masks: Masks
     encoder_seconds: list[float]
     seconds: float
+    memory_seconds: list[float] = attrs.field(factory=list)
 
 
 def _resolve_overlaps(objects: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -144,7 +148,12 @@ def check_loaded(item: VideoItem, frames: int, size: tuple[int, int], how: str) 
 
 
 def vos_result(
-    item: VideoItem, masks: Masks, encoder_seconds: list[float], seconds: float, output_dir: Any
+    item: VideoItem,
+    masks: Masks,
+    encoder_seconds: list[float],
+    seconds: float,
+    output_dir: Any,
+    memory_seconds: list[float] = (),
 ) -> VOSResult:
     """The run's :class:`VOSResult`: overlaps resolved as one palette PNG stores them (DAVIS layout), the
     predictions written under ``output_dir`` if given."""
@@ -152,7 +161,7 @@ def vos_result(
         masks = {frame: _resolve_overlaps(objects) for frame, objects in masks.items()}
     if output_dir is not None:
         write_predictions(Path(output_dir), item.name, item.frame_names, masks, item.per_object_png)
-    return VOSResult(masks=masks, encoder_seconds=list(encoder_seconds), seconds=seconds)
+    return VOSResult(masks, list(encoder_seconds), seconds, list(memory_seconds))
 
 
 @contextlib.contextmanager
@@ -204,7 +213,8 @@ def run_vos(
     saved, predictor.non_overlap_masks = predictor.non_overlap_masks, non_overlap
     start = time.perf_counter()
     try:
-        with EncoderTimer(predictor.image_encoder) as timer, torch.inference_mode(), sam2_progress_bars(progress):
+        timers = EncoderTimer(predictor.image_encoder), EncoderTimer(predictor.memory_attention)
+        with timers[0] as timer, timers[1] as memory, torch.inference_mode(), sam2_progress_bars(progress):
             state = _init_state(predictor, item, offload_video_to_cpu)
             size = (state["video_height"], state["video_width"])
             check_loaded(item, state["num_frames"], size, "init_state")
@@ -212,7 +222,7 @@ def run_vos(
         _sync()
     finally:
         predictor.non_overlap_masks = saved
-    return vos_result(item, masks, timer.seconds, time.perf_counter() - start, output_dir)
+    return vos_result(item, masks, timer.seconds, time.perf_counter() - start, output_dir, memory.seconds)
 
 
 def fidelity_j(pred: Masks, reference: Masks, prompts: dict[int, int]) -> dict[int, float | None]:
