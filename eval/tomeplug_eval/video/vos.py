@@ -37,9 +37,10 @@ def _sync() -> None:
 
 
 class EncoderTimer:
-    """Wall-clock seconds of every forward of ``module`` (device-synchronised), while the context is open."""
+    """Wall-clock seconds of every forward of ``module`` (device-synchronised), while the context is open
+    (``None``: nothing to time)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module | None) -> None:
         self.module, self.seconds, self._start, self._hooks = module, [], 0.0, []
 
     def _begin(self, *_: Any) -> None:
@@ -51,7 +52,9 @@ class EncoderTimer:
         self.seconds.append(time.perf_counter() - self._start)
 
     def __enter__(self) -> EncoderTimer:
-        self._hooks = [self.module.register_forward_pre_hook(self._begin), self.module.register_forward_hook(self._end)]
+        if self.module is not None:
+            module = self.module
+            self._hooks = [module.register_forward_pre_hook(self._begin), module.register_forward_hook(self._end)]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -213,7 +216,7 @@ def run_vos(
     saved, predictor.non_overlap_masks = predictor.non_overlap_masks, non_overlap
     start = time.perf_counter()
     try:
-        timers = EncoderTimer(predictor.image_encoder), EncoderTimer(predictor.memory_attention)
+        timers = EncoderTimer(predictor.image_encoder), EncoderTimer(getattr(predictor, "memory_attention", None))
         with timers[0] as timer, timers[1] as memory, torch.inference_mode(), sam2_progress_bars(progress):
             state = _init_state(predictor, item, offload_video_to_cpu)
             size = (state["video_height"], state["video_width"])
