@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import warnings
 from contextlib import ExitStack
@@ -195,6 +197,11 @@ def table(rows_: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def say(message: str) -> None:
+    """Progress on stderr."""
+    print(f"[vos_speed] {datetime.datetime.now():%H:%M:%S} {message}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     """Build the predictor, reach the steady state, time the four variants; print (and append to ``--json``)."""
     args = build_parser().parse_args()
@@ -210,10 +217,13 @@ def main() -> None:
         warnings.simplefilter("ignore", RandomWeightsWarning)
         model = build_model(args.model, target=VIDEO_PREDICTOR, sam_mask_decoder_extra_args=None).to(device)
     with tempfile.TemporaryDirectory() as folder:
+        say(f"{args.model}: tracking {model.num_maskmem} frames densely (steady state)")
         state, frame = steady_state(model, args, Path(folder))
         copies = patched_copies(model, args)
         memory_frames = 1 + len(state["output_dict_per_obj"][0]["non_cond_frame_outputs"])
+        say(f"timing frame {frame} ({memory_frames} memory frames): {args.warmup} + {args.rounds} rounds x 4 variants")
         medians, last = time_variants(copies, state, frame, args)
+    say("counting FLOPs" if not args.no_flops else "FLOPs skipped")
     gflops = None if args.no_flops else flops(copies, device)
     result = rows(args, medians, last, gflops, memory_frames)
     print(table(result))
