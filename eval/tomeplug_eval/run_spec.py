@@ -238,19 +238,8 @@ def resolve(cfg: Any, device_type: str) -> RunSpec:
     if memory_layers != []:  # keys of runs without memory merging stay as they were
         items["memory_layers"] = memory_layers
     config_key = digest({**items, "limit": cfg.limit})
-    return RunSpec(
-        model,
-        checkpoint,
-        strategy,
-        params,
-        layers,
-        digest(shared),
-        digest(items),
-        config_key,
-        code,
-        dtype,
-        memory_layers,
-    )
+    keys = (digest(shared), digest(items), config_key)
+    return RunSpec(model, checkpoint, strategy, params, layers, *keys, code, dtype=dtype, memory_layers=memory_layers)
 
 
 def _check_memory_layers(memory_layers: Any, layers: Any, model: str, task: str) -> None:
