@@ -11,6 +11,10 @@ the item set (each cached item carries its own identity, so a larger limit reuse
 the reference outputs also without the strategy, the schedule and the merging code: every strategy of a
 sweep shares the unmerged model's outputs, stored per item identity.
 
+``memory_layers`` (``task: video``, research SAM 2 models) selects SAM 2's memory-attention layers that merge
+(``tomeplug.patch(..., target="memory_attention")``) with the syntax and the strategy and parameters of
+``layers``; ``[]`` (the default) merges none, and ``layers=[]`` then leaves the encoder unmerged.
+
 Bad configuration fails here or in :meth:`RunSpec.check`, before any item is computed: :func:`resolve`
 checks the scalar options (``dtype``, ``batch_size``, ``limit``, ...), ``check`` patches the built model
 and unpatches it at once, which raises every error ``tomeplug.patch`` would (strategy or plugin name,
@@ -32,10 +36,11 @@ from torch import nn
 import tomeplug
 
 from . import code_identity
-from .model_catalog import canonical_name, require_checkpoint, resolve_checkpoint
+from .model_catalog import MODELS, canonical_name, require_checkpoint, resolve_checkpoint
 from .schedule_file import FILE_PREFIX, read_schedule
 
 BASELINE, MIX = "none", "mix"
+MEMORY_TARGET = "memory_attention"
 DTYPES: dict[str, str] = {
     **dict.fromkeys(("float32", "fp32", "f32"), "float32"),
     **dict.fromkeys(("bfloat16", "bf16"), "bfloat16"),
@@ -113,6 +118,26 @@ def weights_identity(path: Path | None, seed: int) -> str:
 
 
 @attrs.frozen
+class RunPatch:
+    """The patches of one job: the encoder's (None with ``layers=[]``) and the memory attention's (or None)."""
+
+    encoder: tomeplug.PatchHandle | None
+    memory: tomeplug.PatchHandle | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The encoder handle's ``to_dict()`` (``layers`` empty when unmerged), with the memory attention's
+        under ``memory_attention`` when it is patched."""
+        encoder = {"layers": {}} if self.encoder is None else self.encoder.to_dict()
+        return encoder if self.memory is None else {**encoder, MEMORY_TARGET: self.memory.to_dict()}
+
+    def remove(self) -> None:
+        """Unpatch both."""
+        for handle in (self.memory, self.encoder):
+            if handle is not None:
+                handle.remove()
+
+
+@attrs.frozen
 class RunSpec:
     """The resolved identity of one job (see the module docstring)."""
 
@@ -126,6 +151,7 @@ class RunSpec:
     config_key: str
     merging_code: dict[str, Any] | None
     dtype: str = "float32"
+    memory_layers: Any = attrs.field(factory=list)
 
     def run_key(self, item_set: str) -> str:
         """The key of this job over the items fingerprinted by ``item_set`` (:func:`item_set_digest`)."""
@@ -141,12 +167,21 @@ class RunSpec:
         """``"random"`` or ``"checkpoint"``, as recorded in the results."""
         return "random" if self.checkpoint is None else "checkpoint"
 
-    def patch(self, model: nn.Module) -> tomeplug.PatchHandle | None:
-        """Patch ``model`` with this job's schedule (None for the baseline)."""
+    def patch(self, model: nn.Module) -> RunPatch | None:
+        """Patch ``model`` with this job's schedules, the encoder's and the memory attention's (baseline: None)."""
         if self.baseline:
             return None
         strategy = None if self.strategy == MIX else self.strategy
-        return tomeplug.patch(model, strategy, self.layers, **self.params)
+        encoder = None if self.layers == [] else tomeplug.patch(model, strategy, self.layers, **self.params)
+        if self.memory_layers == []:
+            return RunPatch(encoder)
+        try:
+            memory = tomeplug.patch(model, strategy, self.memory_layers, target=MEMORY_TARGET, **self.params)
+        except BaseException:
+            if encoder is not None:
+                encoder.remove()
+            raise
+        return RunPatch(encoder, memory)
 
     def check(self, model: nn.Module) -> None:
         """Patch the unpatched ``model`` and unpatch it at once: a bad schedule fails before any item runs."""
@@ -170,17 +205,19 @@ def resolve(cfg: Any, device_type: str) -> RunSpec:
     strategy_node = dict(plain(cfg.strategy))
     strategy = str(strategy_node.pop("name"))
     params = {k: v for k, v in strategy_node.items() if v is not None}
-    layers = _layers(cfg.layers)
+    layers, memory_layers = _layers(cfg.layers), _layers(cfg.get("memory_layers", []))
     if strategy == BASELINE:
-        params, layers = {}, None
+        params, layers, memory_layers = {}, None, []
     else:
         if cfg.r is not None:
             params["r"] = cfg.r
-        if (strategy == MIX) != isinstance(layers, Mapping):
-            raise ValueError(
-                "strategy=mix takes its strategies from a {block: strategy} mapping in layers, e.g. "
-                "strategy=mix 'layers={0:tome,4:pitome}'; a mapping in layers needs strategy=mix"
-            )
+        for key, value in (("layers", layers), ("memory_layers", memory_layers)):
+            if value != [] and (strategy == MIX) != isinstance(value, Mapping):
+                raise ValueError(
+                    f"strategy=mix takes its strategies from a {{block: strategy}} mapping in {key}, e.g. "
+                    f"strategy=mix '{key}={{0:tome,1:pitome}}'; a mapping in {key} needs strategy=mix"
+                )
+        _check_memory_layers(memory_layers, layers, model, str(cfg.dataset.task))
     dataset = plain(cfg.dataset)
     data_root = None if cfg.data_root is None else str(Path(cfg.data_root).expanduser().resolve())
     shared = {
@@ -195,8 +232,26 @@ def resolve(cfg: Any, device_type: str) -> RunSpec:
         "batch_size": cfg.batch_size,
     }
     code = None if strategy == BASELINE else code_identity.merging_identity(strategy, layers, MIX)
+    if isinstance(memory_layers, Mapping):  # the memory attention's mix may use other plugins
+        code["plugins"].update(code_identity.merging_identity(strategy, memory_layers, MIX)["plugins"])
     items = {**shared, "strategy": strategy, "params": params, "layers": layers, "merging_code": code}
+    if memory_layers != []:  # keys of runs without memory merging stay as they were
+        items["memory_layers"] = memory_layers
     config_key = digest({**items, "limit": cfg.limit})
-    return RunSpec(
-        model, checkpoint, strategy, params, layers, digest(shared), digest(items), config_key, code, dtype=dtype
-    )
+    keys = (digest(shared), digest(items), config_key)
+    return RunSpec(model, checkpoint, strategy, params, layers, *keys, code, dtype=dtype, memory_layers=memory_layers)
+
+
+def _check_memory_layers(memory_layers: Any, layers: Any, model: str, task: str) -> None:
+    """An error unless memory-attention merging is off or asked of a research SAM 2 model on a video task,
+    and unless the run merges something."""
+    if memory_layers == []:
+        if layers == []:
+            raise ValueError("layers=[] and memory_layers=[] merge nothing: use strategy=none for the unmerged model")
+        return
+    if task != "video" or MODELS[model].family != "sam2":
+        raise ValueError(
+            f"memory_layers={memory_layers!r} merges SAM 2's memory attention, which runs on video datasets with "
+            f"a research SAM 2 model (e.g. model=sam2.1_hiera_t dataset=davis, or model=sam2_tiny "
+            f"dataset=synthetic_video); got model={model} on a {task!r} task. Leave memory_layers=[] here"
+        )

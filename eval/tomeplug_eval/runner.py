@@ -24,15 +24,13 @@ from typing import Any
 import attrs
 import torch
 
-import tomeplug
-
 from . import distributed
-from .flops_cache import encoder_flops
+from .flops_cache import encoder_flops, memory_flops
 from .image_task import ImageTask
 from .model_catalog import MODELS, RandomWeightsWarning, build_model, default_checkpoint
 from .report import write_reports
 from .results import ItemCache, ResultsFile, locked
-from .run_spec import RunSpec, item_set_digest, plain, resolve
+from .run_spec import RunPatch, RunSpec, item_set_digest, plain, resolve
 from .speed_check import interleaved_speed
 from .tables import item_set_notes
 from .tasks import Task, TaskSetup
@@ -186,22 +184,27 @@ def _cached_items(job: _Job) -> tuple[ItemCache, dict[int, dict[str, Any]], list
 
 def _reference_then_patch(
     job: _Job, model: torch.nn.Module, todo: list[int]
-) -> tuple[tomeplug.PatchHandle | None, dict[str, Any] | None]:
+) -> tuple[RunPatch | None, dict[str, Any] | None]:
     """With the model unpatched: the task's reference outputs and the dense FLOPs; then patch the model and
     count its FLOPs (rank 0, ``flops`` on; cached per model, schedule and input size)."""
     job.task.prepare(todo)
-    count = job.world.is_main and job.cfg.flops
-    dense = encoder_flops(job.task, job.output_dir, job.spec.model, None) if count else None
+    if not (job.world.is_main and job.cfg.flops):
+        return job.spec.patch(model), None
+    task, out, name = job.task, job.output_dir, job.spec.model
+    dense, dense_memory = encoder_flops(task, out, name, None), memory_flops(task, out, name, None)
     handle = job.spec.patch(model)
     code = job.spec.merging_code
-    flops = encoder_flops(job.task, job.output_dir, job.spec.model, handle, code) if count else None
-    return handle, _flops_entry(flops, dense)
+    flops = _flops_entry(encoder_flops(task, out, name, handle, code), dense)
+    if dense_memory is not None:
+        memory = _flops_entry(memory_flops(task, out, name, handle, code), dense_memory)
+        flops["memory_attention"] = memory
+        flops["frame_gflops"] = flops["gflops"] + memory["gflops"]
+        flops["dense_frame_gflops"] = dense["gflops"] + dense_memory["gflops"]
+    return handle, flops
 
 
-def _flops_entry(flops: dict[str, Any] | None, dense: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The record's ``flops``: the patched count with the dense GFLOPs and the ratio of the two."""
-    if flops is None:
-        return None
+def _flops_entry(flops: dict[str, Any], dense: dict[str, Any]) -> dict[str, Any]:
+    """A ``flops`` entry of the record: the patched count with the dense GFLOPs and the ratio of the two."""
     ratio = flops["total"] / dense["total"] if dense["total"] else float("nan")
     return {**flops, "dense_gflops": dense["gflops"], "ratio": ratio}
 
@@ -216,7 +219,7 @@ def _evaluate(job: _Job, cache: ItemCache, todo: list[int]) -> dict[int, dict[st
     return done
 
 
-def _speed_check(job: _Job, handle: tomeplug.PatchHandle | None) -> dict[str, Any] | None:
+def _speed_check(job: _Job, handle: RunPatch | None) -> dict[str, Any] | None:
     """On rank 0 with ``speed_rounds``: the patched encoder timed against an unpatched copy, interleaved."""
     if not (job.world.is_main and handle is not None and job.cfg.speed_rounds):
         return None
@@ -235,7 +238,7 @@ def _in_index_order(gathered: list[list[dict[str, Any]]], count: int) -> list[di
 def _record(
     job: _Job,
     records: list[dict[str, Any]],
-    handle: tomeplug.PatchHandle | None,
+    handle: RunPatch | None,
     flops: dict[str, Any] | None,
     speed: dict[str, Any] | None,
 ) -> dict[str, Any]:
@@ -253,6 +256,7 @@ def _record(
         "task": job.task.name,
         "strategy": spec.strategy,
         "layers": spec.layers,
+        **({"memory_layers": spec.memory_layers} if spec.memory_layers != [] else {}),
         "params": spec.params,
         "blocks": None if handle is None else handle.to_dict(),
         **job.task.summarise(records),

@@ -35,6 +35,14 @@ COSTS = (
     ("peak_ratio", "peak ×", "{:.2f}x"),
     ("images", "images", "{}"),
 )
+VIDEO_COSTS = (
+    ("memory_gflops", "mem. GFLOPs", "{:.4g}"),
+    ("memory_flops_ratio", "mem. FLOPs", "{:.3f}"),
+    ("encoder_ms_frame", "enc. ms/frame", "{:.1f}"),
+    ("memory_ms_frame", "mem. ms/frame", "{:.1f}"),
+    ("rest_ms_frame", "rest ms/frame", "{:.1f}"),
+)
+"""Video runs' memory-attention costs and per-frame time split: columns shown when a row has them."""
 VARIES = "varies"
 """The markdown column of each row's :func:`.run_labels.labels` (shown when a parameter varies)."""
 LEGEND = {
@@ -67,6 +75,11 @@ LEGEND = {
     "peak ×": "peak MB over the matching `none` row's; **bold** above 1: merging raised the peak (README, "
     "Evaluation: when merging raises peak memory)",
     "images": "images evaluated (videos: frames)",
+    "mem. GFLOPs": "SAM 2 video: memory-attention GFLOPs of a steady-state frame (full memory bank, one object)",
+    "mem. FLOPs": "memory-attention FLOPs as a fraction of the dense memory attention's",
+    "enc. ms/frame": "video: image-encoder wall-clock per frame (total over frames)",
+    "mem. ms/frame": "video: memory-attention wall-clock per frame (every object's call)",
+    "rest ms/frame": "video: the rest of a frame's wall-clock (loading, prompts, decoder, memory encoder)",
     "items": "the item set's fingerprint: rows compare only within one item set",
 }
 """What each column of the markdown table means, written under it for the columns it has."""
@@ -76,7 +89,13 @@ def schedule_label(record: dict[str, Any]) -> str:
     """How the run chose its blocks: ``paper``, ``all``, ``[0, 2, 5]`` or ``{0: tome, 4: pitome}``; ``-`` for none."""
     if record.get("strategy") == "none":
         return "-"
-    layers = record.get("layers")
+    label = _layers_label(record.get("layers"))
+    memory = record.get("memory_layers", [])
+    return label if memory == [] else f"{label}; memory {_layers_label(memory)}"
+
+
+def _layers_label(layers: Any) -> str:
+    """``all``, ``[0, 2, 5]``, ``paper`` or ``{0: tome, 4: pitome}``."""
     if layers is None:
         return "all"
     if isinstance(layers, dict):
@@ -137,6 +156,7 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             speedup=interleaved or (base_s / own_s if base_s and own_s else None),
             peak_mem_mb=r.get("peak_mem_mb"),
             peak_ratio=r["peak_mem_mb"] / base_peak if base_peak and r.get("peak_mem_mb") is not None else None,
+            **_video_costs(flops, latency),
             images=r.get("images", r.get("frames")),  # encoder images: a video frame is one
             objects=r.get("objects"),
             device=r.get("device"),
@@ -145,6 +165,15 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         out.append(row)
     return out
+
+
+def _video_costs(flops: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
+    """A video row's :data:`VIDEO_COSTS` (ms per frame from seconds); empty for other rows."""
+    memory, split = flops.get("memory_attention") or {}, latency.get("split") or {}
+    out = {"memory_gflops": memory.get("gflops"), "memory_flops_ratio": memory.get("ratio")}
+    stages = {"encoder_ms_frame": "encoder_s", "memory_ms_frame": "memory_attention_s", "rest_ms_frame": "rest_s"}
+    out |= {column: None if split.get(key) is None else 1000 * split[key] for column, key in stages.items()}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def metric_names(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -200,12 +229,13 @@ def to_markdown(records: Sequence[dict[str, Any]]) -> str:
     table = rows(records)
     metrics = metric_names(records)
     varies = [VARIES] if any(row[VARIES] for row in table) else []
-    head = [*IDENTITY, *varies, *(METRIC_LABELS.get(m, m) for m in metrics), *(label for _, label, _ in COSTS), "items"]
+    costs = [*COSTS, *(c for c in VIDEO_COSTS if any(row.get(c[0]) is not None for row in table))]
+    head = [*IDENTITY, *varies, *(METRIC_LABELS.get(m, m) for m in metrics), *(label for _, label, _ in costs), "items"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     for record, row in zip(records, table, strict=True):
         cells = [str(row[key]) for key in IDENTITY] + [row[VARIES] or "-" for _ in varies]
         cells += [_metric_cell(m, row.get(m)) for m in metrics]
-        cells += [_cost_cell(key, fmt, row.get(key)) for key, _, fmt in COSTS]
+        cells += [_cost_cell(key, fmt, row.get(key)) for key, _, fmt in costs]
         cells = [cell.replace("|", "\\|") for cell in [*cells, short_items(record)]]
         lines.append("| " + " | ".join(cells) + " |")
     notes = item_set_notes(records)

@@ -145,3 +145,7 @@ class Task:
     def flops_input(self) -> tuple[nn.Module, tuple[Any, ...]]:
         """The encoder to count FLOPs of, and one input to trace it with."""
         raise NotImplementedError
+
+    def memory_flops_input(self) -> tuple[nn.Module, tuple[Any, ...]] | None:
+        """A memory-attention call to count FLOPs of, with its inputs (SAM 2 video); None: none (the default)."""
+        return None

@@ -12,8 +12,11 @@ protocol) with the model unpatched and kept as PNGs under
 own there), so every strategy of a sweep compares to them; the item key is the video's identity (its
 files' names, sizes and times), so an edited video is never compared with the old one's predictions.
 Costs: image-encoder GFLOPs per frame (one frame at the model's ``image_size``; transformers: the
-``vision_encoder``, Hiera and its FPN neck) and the encoder's wall-clock per frame (total encoder seconds /
-encoder calls).
+``vision_encoder``, Hiera and its FPN neck), for research SAM 2 models also the memory attention's GFLOPs of
+a steady-state frame (:mod:`.video.memory_cost`: a full memory bank) and their sum; the encoder's wall-clock
+per frame (total encoder seconds / encoder calls), and each frame's wall-clock split into image encoder,
+memory attention and the rest (``latency.split``: total seconds of each / frames). ``memory_layers``
+merges the memory attention too (:mod:`.run_spec`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .model_catalog import MODELS
 from .tasks import Task, TaskSetup
 from .video import load_video_dataset, read_predictions, run_vos, summarize_video_records, video_record
 from .video.hf_vos import hf_video_input_size, run_hf_vos
+from .video.memory_cost import steady_memory_inputs
 
 VIDEO_PREDICTOR = "sam2.sam2_video_predictor.SAM2VideoPredictor"
 METRICS = ("J", "F", "J&F", "fidelity_J")
@@ -147,6 +151,7 @@ class VideoTask(Task):
                 "per": "frame",
                 "samples": sum(r["encoder_calls"] for r in records),
                 "seconds_per_frame": summary["seconds_per_frame"],
+                "split": summary["split_per_frame"],
             },
             "peak_mem_mb": max((r["peak_mem_mb"] for r in records if r.get("peak_mem_mb") is not None), default=None),
         }
@@ -156,3 +161,7 @@ class VideoTask(Task):
         size = hf_video_input_size(model) if self.family == "hf_sam2" else int(model.image_size)
         device = next(model.parameters()).device
         return self.encoder, (torch.zeros(1, 3, size, size, device=device),)
+
+    def memory_flops_input(self) -> tuple[torch.nn.Module, tuple[Any, ...]] | None:
+        """Research SAM 2: one steady-state memory-attention call (a full memory bank, one object); else None."""
+        return steady_memory_inputs(self.model) if self.family == "sam2" else None

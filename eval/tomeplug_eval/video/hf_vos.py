@@ -99,7 +99,8 @@ def run_hf_vos(
     processor = hf_video_processor(hf_video_input_size(model))
     device = next(model.parameters()).device
     start = time.perf_counter()
-    with EncoderTimer(model.vision_encoder) as timer, torch.inference_mode(), transient_bars():
+    timers = EncoderTimer(model.vision_encoder), EncoderTimer(model.memory_attention)
+    with timers[0] as timer, timers[1] as memory, torch.inference_mode(), transient_bars():
         frames = [np.asarray(load_image(path).convert("RGB")) for path in item.frame_paths]
         session = processor.init_video_session(video=frames, inference_device=device)
         size = (int(session.video_height), int(session.video_width))
@@ -109,4 +110,4 @@ def run_hf_vos(
         )
         masks = track_objects(item, passes, non_overlap)
     _sync()
-    return vos_result(item, masks, timer.seconds, time.perf_counter() - start, output_dir)
+    return vos_result(item, masks, timer.seconds, time.perf_counter() - start, output_dir, memory.seconds)

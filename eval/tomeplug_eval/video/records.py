@@ -40,7 +40,8 @@ def video_record(
     Returns:
         ``name``, ``index``, ``frames``, ``annotated_frames``; ``objects``: ``{id: {J, F, J&F, frames,
         prompt_frame[, fidelity_J]}}`` (ids as strings); the sequence's ``J``, ``F``, ``J&F`` (mean over its
-        objects); ``encoder_calls``, ``encoder_seconds`` (their sum), ``encoder_median_s``, ``seconds``.
+        objects); ``encoder_calls``, ``encoder_seconds`` (their sum), ``encoder_median_s``, ``memory_calls``,
+        ``memory_seconds`` (the memory attention's forwards and their sum), ``seconds``.
     """
     scores = score_video(item, result.masks, exclude_void, skip_first_and_last)
     for obj, score in scores.items():
@@ -62,6 +63,8 @@ def video_record(
         "encoder_calls": len(encoder),
         "encoder_seconds": math.fsum(encoder),
         "encoder_median_s": statistics.median(encoder) if encoder else None,
+        "memory_calls": len(result.memory_seconds),
+        "memory_seconds": math.fsum(result.memory_seconds),
         "seconds": result.seconds,
     }
 
@@ -71,7 +74,10 @@ def summarize_video_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]
 
     Returns ``J``, ``F``, ``J&F`` (means over scored objects, DAVIS's definition), ``objects`` (scored),
     ``unscored_objects``, ``videos``, ``frames``, ``fidelity_J`` (mean over objects, or ``None`` without a
-    reference), ``encoder_s_per_frame`` (total encoder seconds / encoder calls) and ``seconds_per_frame``.
+    reference), ``encoder_s_per_frame`` (total encoder seconds / encoder calls), ``seconds_per_frame`` and
+    ``split_per_frame``: the wall-clock per frame (total seconds / frames) split into ``encoder_s``,
+    ``memory_attention_s`` (``None`` where a record has no memory timing) and ``rest_s`` (everything else:
+    frame loading, prompts, decoder, memory encoder), which sum to ``frame_s``.
     """
     records = list(records)
     objects = [o for r in records for o in r["objects"].values()]
@@ -86,4 +92,21 @@ def summarize_video_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]
         "fidelity_J": math.fsum(fidelity) / len(fidelity) if fidelity else None,
         "encoder_s_per_frame": math.fsum(r["encoder_seconds"] for r in records) / calls if calls else None,
         "seconds_per_frame": math.fsum(r["seconds"] for r in records) / frames if frames else None,
+        "split_per_frame": time_split(records, frames),
+    }
+
+
+def time_split(records: list[dict[str, Any]], frames: int) -> dict[str, float | None] | None:
+    """Seconds per frame of the encoder, the memory attention and the rest, summing to the whole (None: no frames)."""
+    if not frames:
+        return None
+    whole = math.fsum(r["seconds"] for r in records) / frames
+    encoder = math.fsum(r["encoder_seconds"] for r in records) / frames
+    timed = all("memory_seconds" in r for r in records)  # records cached before the memory timer have none
+    memory = math.fsum(r["memory_seconds"] for r in records) / frames if timed else None
+    return {
+        "frame_s": whole,
+        "encoder_s": encoder,
+        "memory_attention_s": memory,
+        "rest_s": whole - encoder - (memory or 0.0),
     }

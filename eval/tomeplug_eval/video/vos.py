@@ -5,7 +5,8 @@ for each object on its prompt frame, ``propagate_in_video``, a pixel is the obje
 Objects may overlap in SAM 2's output unless ``predictor.non_overlap_masks`` is set; as the tool, the runner
 sets it for DAVIS-layout sets (one palette PNG per frame, where the lowest id wins an overlap) and clears it
 for SA-V (one PNG per object), for the duration of the run. A patched predictor (``tomeplug.patch``) merges
-tokens in its image encoder; everything else runs as upstream.
+tokens in its image encoder (and, patched with ``target="memory_attention"``, in its memory attention); the
+forwards of both are timed (:class:`EncoderTimer`), for the per-frame time split.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def _sync() -> None:
 
 
 class EncoderTimer:
-    """Wall-clock seconds of every forward of ``module`` (device-synchronised), while the context is open."""
+    """Wall-clock seconds of every forward of ``module`` (device-synchronised), while the context is open
+    (``None``: nothing to time)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module | None) -> None:
         self.module, self.seconds, self._start, self._hooks = module, [], 0.0, []
 
     def _begin(self, *_: Any) -> None:
@@ -50,7 +52,9 @@ class EncoderTimer:
         self.seconds.append(time.perf_counter() - self._start)
 
     def __enter__(self) -> EncoderTimer:
-        self._hooks = [self.module.register_forward_pre_hook(self._begin), self.module.register_forward_hook(self._end)]
+        if self.module is not None:
+            module = self.module
+            self._hooks = [module.register_forward_pre_hook(self._begin), module.register_forward_hook(self._end)]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -68,11 +72,14 @@ class VOSResult:
             is empty before its own prompt frame).
         encoder_seconds: the time of each image-encoder forward (one per frame and propagation pass).
         seconds: wall-clock of the whole run (frame loading, prompts, propagation).
+        memory_seconds: the time of each memory-attention forward (SAM 2: one per frame and object after
+            the prompt frame); empty where it was not timed.
     """
 
     masks: Masks
     encoder_seconds: list[float]
     seconds: float
+    memory_seconds: list[float] = attrs.field(factory=list)
 
 
 def _resolve_overlaps(objects: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -144,7 +151,12 @@ def check_loaded(item: VideoItem, frames: int, size: tuple[int, int], how: str) 
 
 
 def vos_result(
-    item: VideoItem, masks: Masks, encoder_seconds: list[float], seconds: float, output_dir: Any
+    item: VideoItem,
+    masks: Masks,
+    encoder_seconds: list[float],
+    seconds: float,
+    output_dir: Any,
+    memory_seconds: list[float] = (),
 ) -> VOSResult:
     """The run's :class:`VOSResult`: overlaps resolved as one palette PNG stores them (DAVIS layout), the
     predictions written under ``output_dir`` if given."""
@@ -152,7 +164,7 @@ def vos_result(
         masks = {frame: _resolve_overlaps(objects) for frame, objects in masks.items()}
     if output_dir is not None:
         write_predictions(Path(output_dir), item.name, item.frame_names, masks, item.per_object_png)
-    return VOSResult(masks=masks, encoder_seconds=list(encoder_seconds), seconds=seconds)
+    return VOSResult(masks, list(encoder_seconds), seconds, list(memory_seconds))
 
 
 @contextlib.contextmanager
@@ -204,7 +216,8 @@ def run_vos(
     saved, predictor.non_overlap_masks = predictor.non_overlap_masks, non_overlap
     start = time.perf_counter()
     try:
-        with EncoderTimer(predictor.image_encoder) as timer, torch.inference_mode(), sam2_progress_bars(progress):
+        timers = EncoderTimer(predictor.image_encoder), EncoderTimer(getattr(predictor, "memory_attention", None))
+        with timers[0] as timer, timers[1] as memory, torch.inference_mode(), sam2_progress_bars(progress):
             state = _init_state(predictor, item, offload_video_to_cpu)
             size = (state["video_height"], state["video_width"])
             check_loaded(item, state["num_frames"], size, "init_state")
@@ -212,7 +225,7 @@ def run_vos(
         _sync()
     finally:
         predictor.non_overlap_masks = saved
-    return vos_result(item, masks, timer.seconds, time.perf_counter() - start, output_dir)
+    return vos_result(item, masks, timer.seconds, time.perf_counter() - start, output_dir, memory.seconds)
 
 
 def fidelity_j(pred: Masks, reference: Masks, prompts: dict[int, int]) -> dict[int, float | None]:
