@@ -14,7 +14,8 @@ Method:
   ``_run_single_frame_inference`` of that frame (image encoder with the feature cache cleared, memory
   attention, mask decoder, memory encoder); its output is not stored, so every call sees the same bank.
 - variants: ``dense``; ``encoder`` (``tomeplug.patch(model, strategy, r=R, scope=SCOPE)``: every encoder
-  block); ``memory`` (``target="memory_attention"``, scope ``--memory-scope``, every layer); ``both``.
+  block); ``memory`` (``target="memory_attention"``, scope ``--memory-scope``, every layer; with ``--memory-r`` the
+  memory frames' tokens merge too); ``both``.
   Each is a copy of the predictor; they run interleaved (``tomeplug_eval.latency.compare``: ``--warmup``
   untimed rounds, then ``--rounds`` rounds in alternating order), and each stage is the median over rounds.
 - time split: the image encoder's and the memory attention's forwards are timed by hooks
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--r", type=float, default=0.5, help="merge fraction, encoder and memory attention (default: %(default)s)")
     add("--scope", default="span", help="encoder merge scope (default: %(default)s)")
     add("--memory-scope", default="span", help="memory-attention merge scope (default: %(default)s)")
+    add(
+        "--memory-r",
+        type=float,
+        help="also merge the memory frames' tokens (keys/values) at this fraction (the option memory_r; default: "
+        "the frame's tokens only)",
+    )
     add("--rounds", type=int, default=3, help="timed rounds; one frame per variant each (default: %(default)s)")
     add("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     add("--video-size", type=int, nargs=2, default=(192, 256), metavar=("H", "W"), help="synthetic frames (H W)")
@@ -82,6 +89,8 @@ def patched_copies(model: torch.nn.Module, args: argparse.Namespace) -> dict[str
     """One copy of the predictor per variant, each patched as its name says."""
     encoder = {"strategy": args.strategy, "r": args.r, "scope": args.scope}
     memory = {"strategy": args.strategy, "r": args.r, "scope": args.memory_scope, "target": "memory_attention"}
+    if args.memory_r is not None:
+        memory["memory_r"] = args.memory_r
     plans = {"dense": [], "encoder": [encoder], "memory": [memory], "both": [encoder, memory]}
     copies = {}
     for name in VARIANTS:

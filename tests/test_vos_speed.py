@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def test_vos_speed_rows_on_the_tiny_sam2(tmp_path):
     out = tmp_path / "rows.jsonl"
     command = [sys.executable, str(BENCH / "vos_speed.py"), "--model", "sam2_tiny", "--rounds", "1", "--warmup", "0"]
+    command += ["--memory-r", "0.5"]  # the memory frames merge too
     env = {k: v for k, v in os.environ.items() if k != "TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD"}
     done = subprocess.run(
         [*command, "--threads", "1", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
