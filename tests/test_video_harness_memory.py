@@ -44,6 +44,15 @@ def test_memory_merging_run_reports_split_and_memory_flops(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "mem. GFLOPs" in table and "mem. ms/frame" in table
     assert "| tome | []; memory all |" in table
+    # strategy.memory_r: the memory frames merge too (the encoder, merged here, takes no memory_r)
+    both = run_video(
+        tmp_path, "strategy=tome", "r=0.5", "strategy.scope=span", "strategy.memory_r=0.5", "memory_layers=all"
+    )
+    assert (
+        both["flops"]["memory_attention"]["gflops"] < merged["gflops"]
+        and both["flops"]["gflops"] < none["flops"]["gflops"]
+    )
+    assert both["blocks"]["memory_attention"]["layers"]["0"]["memory_r"] == 0.5
 
 
 def test_memory_attention_flops_are_the_hand_count():

@@ -172,7 +172,8 @@ class RunSpec:
         if self.baseline:
             return None
         strategy = None if self.strategy == MIX else self.strategy
-        encoder = None if self.layers == [] else tomeplug.patch(model, strategy, self.layers, **self.params)
+        encoder_params = {k: v for k, v in self.params.items() if k != "memory_r"}  # memory attention's alone
+        encoder = None if self.layers == [] else tomeplug.patch(model, strategy, self.layers, **encoder_params)
         if self.memory_layers == []:
             return RunPatch(encoder)
         try:
