@@ -239,9 +239,24 @@ class MergingMemoryAttentionLayer(nn.Module):
         normed = self.norm1(tgt)
         qk = normed + query_pos if self.pos_enc_at_attn else normed
         tgt = tgt + self.dropout1(merged_self_attention(self.self_attn, qk, normed, context))
+        rotations, table = context.cross_rotations, context.memory_table
+        return self.cross_attention_and_mlp(tgt, query_pos, memory, pos, nk, rotations, table, merged)
+
+    def cross_attention_and_mlp(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor | None,
+        memory: Tensor,
+        pos: Tensor | None,
+        nk: int,
+        rotations: Tensor | None,
+        table: Tensor | None,
+        merged: MergedMemory | None,
+    ) -> Tensor:
+        """The cross-attention of ``tgt`` (queries rotated by ``rotations``) to the memory and its residual, then
+        the MLP residual, as upstream's layer ends."""
         normed = self.norm2(tgt)
         q = normed + query_pos if self.pos_enc_at_cross_attn_queries else normed
-        rotations, table = context.cross_rotations, context.memory_table
         attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
         return self.mlp_residual(tgt + self.dropout2(attended))
 
@@ -273,12 +288,9 @@ class MergingMemoryAttentionLayer(nn.Module):
         """The frame's tokens unmerged, the memory merged: upstream's self-attention and MLP, the cross-attention
         to the merged memory (queries at their own cells' rotations)."""
         tgt = self._forward_sa(tgt, query_pos)
-        normed = self.norm2(tgt)
-        q = normed + query_pos if self.pos_enc_at_cross_attn_queries else normed
         table = rope_table(self.cross_attn_image, tgt.shape[1])
         table = None if table is None else table.to(tgt.device)  # upstream's table follows the queries' device
-        attended = merged_cross_attention(self, q, memory, pos, nk, table, table, merged)
-        return self.mlp_residual(tgt + self.dropout2(attended))
+        return self.cross_attention_and_mlp(tgt, query_pos, memory, pos, nk, table, table, merged)
 
     def attention_merged(
         self,
