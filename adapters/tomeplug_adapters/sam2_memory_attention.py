@@ -6,7 +6,7 @@ model). Each ``MemoryAttentionLayer`` maps the frame's tokens (B, N, C) (N = H x
 attention to the memory (the memory frames' spatial tokens, RoPE on their keys, then the object-pointer
 tokens, which upstream keeps out of RoPE via ``num_k_exclude_rope``) and an MLP, each a pre-norm residual
 branch. Here the queries (the frame's tokens) run merged as the scope says; with the option ``memory_r``
-the memory frames' spatial tokens merge too, once per call for every layer that sets it
+the memory frames' spatial tokens merge too, planned once per memory frame for every layer that sets it
 (:mod:`tomeplug_adapters.sam2_memory_keys`; ``r=0, memory_r=0.5`` merges the memory only):
 
 - ``attn``: per layer, one plan (as in ``block``, below); self-attention and cross-attention each run on
@@ -51,6 +51,7 @@ from tomeplug.adapter import Adapter, class_path, class_paths
 from tomeplug.classswap import swap_class
 from tomeplug.metric import plan_merge
 from tomeplug.plan import MergePlan, log_size_bias
+from tomeplug.plan_cache import GroupPlanCache
 from tomeplug.setting import Setting
 from tomeplug_adapters.sam2_memory_keys import MergedMemory, check_memory_settings, memory_setting, merge_memory
 from tomeplug_adapters.sam3_vit_attention import kept_rotations
@@ -206,9 +207,12 @@ class MergingMemoryAttentionLayer(nn.Module):
         """Whether this layer merges any of the frame's tokens ``tgt`` (B, N, C)."""
         return self.tomeplug_setting.num_to_merge(tgt.shape[1]) > 0
 
-    def merged_memory(self, memory: Tensor, pos: Tensor | None, num_pointers: int, n: int) -> MergedMemory | None:
-        """The memory merged as this layer's ``memory_r`` says, for a frame of n tokens (None: not merged)."""
-        return merge_memory(self, memory, pos, num_pointers, square_grid(n))
+    def merged_memory(
+        self, memory: Tensor, pos: Tensor | None, num_pointers: int, n: int, plans: GroupPlanCache | None = None
+    ) -> MergedMemory | None:
+        """The memory merged as this layer's ``memory_r`` says, for a frame of n tokens (None: not merged);
+        ``plans``: the memory frames' plans kept from earlier calls (None: plan every frame)."""
+        return merge_memory(self, memory, pos, num_pointers, square_grid(n), plans)
 
     def mlp_residual(self, tgt: Tensor) -> Tensor:
         """Upstream's MLP branch and its residual add: (B, T, C) -> (B, T, C)."""
@@ -364,6 +368,8 @@ class MergingMemoryAttention(nn.Module):
     tomeplug_runs: tuple[tuple[int, ...], ...]
     tomeplug_memory_planner: int | None
     """The first layer that sets ``memory_r`` (its setting and cross-attention plan the memory), or None."""
+    tomeplug_memory_plans: GroupPlanCache
+    """The memory frames' plans of the last call (:mod:`tomeplug_adapters.sam2_memory_keys`)."""
 
     def forward(
         self,
@@ -388,7 +394,8 @@ class MergingMemoryAttention(nn.Module):
         merged = None
         if self.tomeplug_memory_planner is not None:
             planner = self.layers[self.tomeplug_memory_planner]
-            merged = planner.merged_memory(memory, memory_pos, num_obj_ptr_tokens, output.shape[1])
+            plans = self.tomeplug_memory_plans
+            merged = planner.merged_memory(memory, memory_pos, num_obj_ptr_tokens, output.shape[1], plans)
         for run in self.tomeplug_runs:
             members = [self.layers[i] for i in run]
             nk = num_obj_ptr_tokens if has_rope(members[0].cross_attn_image) else 0
@@ -447,3 +454,4 @@ class Sam2MemoryAttentionAdapter(Adapter):
             swap_class(module, MergingMemoryAttention)
             module.tomeplug_runs = layer_runs(schedule, len(module.layers))
             module.tomeplug_memory_planner = planner
+            module.tomeplug_memory_plans = GroupPlanCache()  # each memory frame planned once while in the bank

@@ -4,10 +4,17 @@ The option ``memory_r`` of the ``memory_attention`` target (see :mod:`tomeplug_a
 SAM 2 hands its memory attention the memory (B, F x N + P, C_mem): the spatial tokens of F memory frames,
 each an N-cell grid like the current frame's, then P object-pointer tokens; the positional encoding has the
 same layout. Here each memory frame gets its own plan (the layer's strategy at r = ``memory_r``; the metric
-as the setting says, from the cross-attention's key input: ``"keys"`` projects it with the first merging
-layer's ``k_proj``), made once per ``MemoryAttention`` call for all its layers; the memory and its
-positional encoding are merged by it (size-weighted means, so the key input merge(memory) + merge(pos) is
-the merge of upstream's); the pointers are appended unmerged.
+as the setting says, from the frame's memory features, i.e. the cross-attention's values before their
+projection: ``"keys"`` projects them with the first merging layer's ``k_proj``); the memory and its positional
+encoding are merged by it (size-weighted means, so the key input merge(memory) + merge(pos) is the merge of
+upstream's); the pointers are appended unmerged.
+
+Planned once per memory frame: a frame's memory features never change while it stays in the bank, but its
+positional encoding does (the temporal encoding ``maskmem_tpos_enc`` changes as the frame ages), so the plan
+leaves the positional encoding out: tokens merge by what they encode (the spatial encoding is the same for every
+frame; RoPE still rotates each merged key at its kept cell), and ``MemoryAttention`` keeps the
+plans of recent calls' frames (:class:`tomeplug.plan_cache.GroupPlanCache`, matched by exact content): each call
+plans only the frame that entered the bank, once for all layers.
 
 Every key carries ``log(size)`` (proportional attention: a key that holds k memory cells keeps their mass;
 the pointers have size 1), and a merged key is rotated (RoPE) with the row of its kept token's cell, where
@@ -26,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from tomeplug.metric import plan_merge
-from tomeplug.plan import log_size_bias
+from tomeplug.plan import MergePlan, log_size_bias
+from tomeplug.plan_cache import GroupPlanCache
 from tomeplug.setting import Setting
 from tomeplug_adapters.sam3_vit_attention import kept_rotations
 
@@ -59,11 +67,17 @@ def memory_setting(setting: Setting) -> Setting | None:
 
 
 def merge_memory(
-    layer: nn.Module, memory: Tensor, pos: Tensor | None, num_pointers: int, grid: tuple[int, int]
+    layer: nn.Module,
+    memory: Tensor,
+    pos: Tensor | None,
+    num_pointers: int,
+    grid: tuple[int, int],
+    plans: GroupPlanCache | None = None,
 ) -> MergedMemory | None:
     """Merge the memory (B, F * N + P, C_mem) of a merging ``MemoryAttentionLayer`` as its
     ``tomeplug_memory_setting`` (:func:`memory_setting`, attached when patched) says, one plan per memory frame
-    of N = h * w cells; None when nothing merges (the memory is then used as upstream's)."""
+    of N = h * w cells; None when nothing merges (the memory is then used as upstream's). ``plans``: the
+    frames' plans of the previous call, reused for the frames still in the bank (None: plan every frame)."""
     setting = layer.tomeplug_memory_setting
     n = grid[0] * grid[1]
     b, total, _ = memory.shape
@@ -76,8 +90,17 @@ def merge_memory(
         return x[:, :spatial].reshape(b * frames, n, x.shape[-1])
 
     attn = layer.cross_attn_image
-    key_input = memory + pos if layer.pos_enc_at_cross_attn_keys else memory
-    plan = plan_merge(setting, per_frame(key_input), None, attn.num_heads, grid, attn.k_proj)
+    inputs = per_frame(memory)  # the features: unlike the positional encoding, fixed while a frame is in the bank
+
+    def planner(groups: Tensor) -> MergePlan:
+        return plan_merge(setting, groups, None, attn.num_heads, grid, attn.k_proj)
+
+    if plans is None:
+        plan = planner(inputs)
+    else:  # the metric "keys" projects with k_proj: new weights invalidate the plans
+        keys = setting.metric == "keys"
+        weights = tuple((p.data_ptr(), p._version) for p in attn.k_proj.parameters()) if keys else ()
+        plan = plans.plan(inputs, planner, version=weights)
 
     def merged(x: Tensor) -> Tensor:  # (B, F * N + P, C) -> (B, F * M + P, C), the pointers as they were
         return torch.cat([plan.merge(per_frame(x)).reshape(b, -1, x.shape[-1]), x[:, spatial:]], dim=1)
