@@ -113,10 +113,6 @@ class MergingHFMemoryAttentionLayer(MergingMemoryAttentionLayer):
         table = rope_table(self.rope(), n)
         return table, table
 
-    def rotates_memory(self) -> bool:
-        """transformers' cross-attention always rotates the memory keys (the pointers excepted)."""
-        return True
-
     def upstream_forward(
         self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int
     ) -> Tensor:
@@ -170,6 +166,10 @@ class MergingHFMemoryAttention(MergingMemoryAttention):
         memory, memory_pos = memory.transpose(0, 1), memory_posision_embeddings.transpose(0, 1)
         output = self.run_layers(output.transpose(0, 1), memory, memory_pos, None, num_object_pointer_tokens)
         return self.layer_norm(output[:, None]).transpose(0, 1)
+
+    def rotates_memory(self, layer: nn.Module) -> bool:
+        """transformers' cross-attention always rotates the memory keys (the pointers excepted)."""
+        return True
 
     def call_layer(
         self,

@@ -209,10 +209,6 @@ class MergingMemoryAttentionLayer(nn.Module):
         """The self- and cross-attention's complex RoPE tables (n, hd / 2) over a frame of n cells (None: no RoPE)."""
         return rope_table(self.self_attn, n), rope_table(self.cross_attn_image, n)
 
-    def rotates_memory(self) -> bool:
-        """Whether the cross-attention rotates the memory keys (RoPE), so that the pointers are excluded."""
-        return has_rope(self.cross_attn_image)
-
     def upstream_forward(
         self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int
     ) -> Tensor:
@@ -417,7 +413,7 @@ class MergingMemoryAttention(nn.Module):
             merged = planner.merged_memory(memory, memory_pos, num_pointers, output.shape[1])
         for run in self.tomeplug_runs:
             members = [self.layers[i] for i in run]
-            nk = num_pointers if members[0].rotates_memory() else 0
+            nk = num_pointers if self.rotates_memory(members[0]) else 0
             setting = members[0].__dict__.get("tomeplug_setting")
             own = merged if setting is not None and setting.memory_r is not None else None
             if len(members) > 1 and members[0].merges(output):
@@ -426,6 +422,10 @@ class MergingMemoryAttention(nn.Module):
             for layer in members:
                 output = self.call_layer(layer, output, memory, memory_pos, curr_pos, nk, own)
         return output
+
+    def rotates_memory(self, layer: nn.Module) -> bool:
+        """Whether a layer's cross-attention rotates the memory keys (RoPE), the pointers excluded."""
+        return has_rope(layer.cross_attn_image)
 
     def call_layer(
         self,
