@@ -171,17 +171,9 @@ class MergingHFMemoryAttention(MergingMemoryAttention):
         """transformers' cross-attention always rotates the memory keys (the pointers excepted)."""
         return True
 
-    def call_layer(
-        self,
-        layer: nn.Module,
-        output: Tensor,
-        memory: Tensor,
-        memory_pos: Tensor | None,
-        curr_pos: Tensor | None,
-        nk: int,
-        merged: MergedMemory | None,
-    ) -> Tensor:
-        """One layer called as transformers' loop calls it (merging or not), on (B, N, C) tokens."""
+    def call_layer(self, layer, output, memory, memory_pos, curr_pos, nk, merged) -> Tensor:
+        """One layer called as transformers' loop calls it (merging or not), on (B, N, C) tokens (the arguments
+        of :meth:`~tomeplug_adapters.sam2_memory_attention.MergingMemoryAttention.call_layer`)."""
         rope = self.rotary_emb(output, self.position_ids)
         kwds = {} if merged is None else {"tomeplug_memory": merged}
         return layer(output[:, None], memory[:, None], memory_pos[:, None], rope, nk, **kwds)[:, 0]
