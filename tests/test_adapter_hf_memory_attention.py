@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -109,6 +110,30 @@ def test_memory_r_merges_each_memory_frame_keeping_the_pointers(memory_attention
         run(memory_attention, family)
     hook.remove()
     assert keys == [2 * n + 4, 2 * (n // 2) + 4]
+
+
+def test_a_span_loop_runs_unpatched_layers_as_upstream(memory_attention, family):
+    """layers=[1] with memory_r: the swapped loop calls layer 0 (unpatched) as transformers' loop does."""
+    dense = run(memory_attention, family)
+    with tomeplug.patch(memory_attention, "tome", layers=[1], r=0.0, memory_r=0.0, scope="span"):
+        assert type(memory_attention).__name__.startswith("MergingHFMemoryAttention_")
+        assert torch.equal(run(memory_attention, family), dense)
+    calls = []
+    hook = memory_attention.layers[0].linear1.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[-2]))
+    with tomeplug.patch(memory_attention, "tome", layers=[1], r=0.5, memory_r=0.5, scope="span"):
+        merged = run(memory_attention, family)
+    hook.remove()
+    assert calls == [FAMILIES[family][1][0]] and not torch.allclose(merged, dense, atol=1e-3)
+
+
+def test_a_patched_video_model_pickles_with_its_patch(base_models, family):
+    model = copy.deepcopy(base_models[family])
+    tomeplug.patch(model, "tome", r=0.5, memory_r=0.5, scope="span", target="memory_attention")
+    expected = run(model.memory_attention, family)
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.memory_attention.layers[0].tomeplug_memory_attention[0] is restored.memory_attention
+    assert torch.equal(run(restored.memory_attention, family), expected)
+    assert tomeplug.unpatch(restored, target="memory_attention") and no_trace_left(restored.memory_attention)
 
 
 def test_batched_objects_plan_per_object(memory_attention, family):
