@@ -107,3 +107,24 @@ def test_video_model_has_the_research_model_parameters(version):
 def test_a_transformers_model_without_a_video_model_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="video datasets need a SAM 2 model; got hf_sam3_tiny .*hf_sam2_tiny"):
         run_video(tmp_path, "model=hf_sam3_tiny")
+
+
+def test_memory_layers_merge_the_video_models_memory_attention(tmp_path, weights):
+    """memory_layers on transformers' Sam2VideoModel (adapter hf_sam2_memory_attention), as on research SAM 2:
+    the frame split timed, memory-only merging changes the masks, the encoder unpatched, memory_r recorded."""
+    from test_video_harness_memory import check_split
+
+    model = ["model=hf_sam2_tiny", f"checkpoint={weights}"]
+    none = run_video(tmp_path, *model, "strategy=none")
+    memory = run_video(
+        tmp_path, *model, "strategy=tome", "r=0.5", "strategy.scope=span", "layers=[]", "memory_layers=all"
+    )
+    both = run_video(tmp_path, *model, "strategy=tome", "r=0.5", "strategy.memory_r=0.5", "memory_layers=all")
+    for record in (none, memory, both):
+        check_split(record)
+    assert none["metrics"]["fidelity_J"] == 1.0
+    assert memory["metrics"]["fidelity_J"] < 1.0 and both["metrics"]["fidelity_J"] < 1.0
+    assert memory["blocks"]["layers"] == {} and set(memory["blocks"]["memory_attention"]["layers"]) == {"0"}
+    assert memory["flops"]["gflops"] == none["flops"]["gflops"]  # the encoder is not merged
+    assert both["flops"]["ratio"] < 1.0 and both["blocks"]["memory_attention"]["layers"]["0"]["memory_r"] == 0.5
+    assert "| tome | []; memory all |" in (tmp_path / "results.md").read_text()

@@ -268,6 +268,20 @@ TINY_MODELS = {
         (64, 2, 32),
         call="tiny_models:run_memory_attention",
     ),
+    "hf_sam2_memory_attention": TinyModel(  # transformers' memory attention: 2 layers, 128 wide, an 8x8 frame
+        "tiny_hf_memory:tiny_hf_video",
+        {},
+        "memory_attention",
+        (64, 2, 128),
+        call="tiny_hf_memory:run_hf_memory_attention",
+    ),
+    "hf_sam3_tracker_memory_attention": TinyModel(  # 256 wide, a 10x10 frame
+        "tiny_hf_memory:tiny_hf_video",
+        {"family": "sam3"},
+        "memory_attention",
+        (100, 2, 256),
+        call="tiny_hf_memory:run_hf_memory_attention",
+    ),
     "ultralytics_sam2_memory_attention": TinyModel(  # Ultralytics' builder: the memory attention at full width
         "tiny_ultralytics:tiny_sam2", {}, "memory_attention", (64, 2, 256), call="tiny_models:run_memory_attention"
     ),

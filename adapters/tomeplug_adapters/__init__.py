@@ -7,6 +7,10 @@ from tomeplug.hookspecs import hookimpl
 def tomeplug_register_adapters(register):
     """Register the built-in adapters."""
     from tomeplug_adapters.hf_sam2_hiera import HFSam2HieraAdapter
+    from tomeplug_adapters.hf_sam2_memory_attention import (
+        HFSam2MemoryAttentionAdapter,
+        HFSam3TrackerMemoryAttentionAdapter,
+    )
     from tomeplug_adapters.hf_sam3_vit import HFSam3ViTAdapter
     from tomeplug_adapters.hf_sam_vit import HFSamHQViTAdapter, HFSamViTAdapter
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
@@ -37,3 +41,5 @@ def tomeplug_register_adapters(register):
     register(HFSam3ViTAdapter())
     register(Sam2MemoryAttentionAdapter())
     register(UltralyticsSam2MemoryAttentionAdapter())
+    register(HFSam2MemoryAttentionAdapter())
+    register(HFSam3TrackerMemoryAttentionAdapter())

@@ -120,8 +120,7 @@ class LayerContext(NamedTuple):
 
 def layer_context(layer: nn.Module, plan: MergePlan, prop_attn: bool) -> LayerContext:
     """The :class:`LayerContext` of a plan of a frame's N tokens for layers shaped like ``layer``."""
-    n = plan.num_tokens
-    self_table, cross_table = rope_table(layer.self_attn, n), rope_table(layer.cross_attn_image, n)
+    self_table, cross_table = layer.rope_tables(plan.num_tokens)
     return LayerContext(
         None if self_table is None else kept_rotations(self_table, plan.kept),
         None if cross_table is None else kept_rotations(cross_table, plan.kept),
@@ -207,6 +206,20 @@ class MergingMemoryAttentionLayer(nn.Module):
         """Whether this layer merges any of the frame's tokens ``tgt`` (B, N, C)."""
         return self.tomeplug_setting.num_to_merge(tgt.shape[1]) > 0
 
+    def rope_tables(self, n: int) -> tuple[Tensor | None, Tensor | None]:
+        """The self- and cross-attention's complex RoPE tables (n, hd / 2) over a frame of n cells (None: no RoPE)."""
+        return rope_table(self.self_attn, n), rope_table(self.cross_attn_image, n)
+
+    def upstream_forward(
+        self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int
+    ) -> Tensor:
+        """Upstream's layer, nothing merged."""
+        return super().forward(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=nk)
+
+    def upstream_self_attention(self, tgt: Tensor, query_pos: Tensor | None) -> Tensor:
+        """Upstream's self-attention branch and its residual add, nothing merged: (B, N, C) -> (B, N, C)."""
+        return self._forward_sa(tgt, query_pos)
+
     def merged_memory(
         self, memory: Tensor, pos: Tensor | None, num_pointers: int, n: int, plans: GroupPlanCache | None = None
     ) -> MergedMemory | None:
@@ -280,7 +293,7 @@ class MergingMemoryAttentionLayer(nn.Module):
             merged = self.merged_memory(memory, pos, num_k_exclude_rope, tgt.shape[1])
         if not self.merges(tgt):
             if merged is None:
-                return super().forward(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=num_k_exclude_rope)
+                return self.upstream_forward(tgt, memory, pos, query_pos, num_k_exclude_rope)
             return self.memory_merged(tgt, memory, pos, query_pos, num_k_exclude_rope, merged)
         if self.tomeplug_setting.scope == "attn":
             return self.attention_merged(tgt, memory, pos, query_pos, num_k_exclude_rope, merged)
@@ -291,8 +304,8 @@ class MergingMemoryAttentionLayer(nn.Module):
     ) -> Tensor:
         """The frame's tokens unmerged, the memory merged: upstream's self-attention and MLP, the cross-attention
         to the merged memory (queries at their own cells' rotations)."""
-        tgt = self._forward_sa(tgt, query_pos)
-        table = rope_table(self.cross_attn_image, tgt.shape[1])
+        tgt = self.upstream_self_attention(tgt, query_pos)
+        table = self.rope_tables(tgt.shape[1])[1]
         table = None if table is None else table.to(tgt.device)  # upstream's table follows the queries' device
         return self.cross_attention_and_mlp(tgt, query_pos, memory, pos, nk, table, table, merged)
 
@@ -391,26 +404,51 @@ class MergingMemoryAttention(nn.Module):
         if self.batch_first:
             output, curr_pos = output.transpose(0, 1), curr_pos.transpose(0, 1)
             memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
+        output = self.run_layers(output, memory, memory_pos, curr_pos, num_obj_ptr_tokens)
+        normed = self.norm(output)
+        return normed.transpose(0, 1) if self.batch_first else normed
+
+    def run_layers(
+        self, output: Tensor, memory: Tensor, memory_pos: Tensor | None, curr_pos: Tensor | None, num_pointers: int
+    ) -> Tensor:
+        """The layers run by runs on batch-first frame tokens (B, N, C), the memory merged once where a layer
+        sets ``memory_r``: (B, N, C) -> (B, N, C), before the final norm."""
         merged = None
         if self.tomeplug_memory_planner is not None:
             planner = self.layers[self.tomeplug_memory_planner]
             plans = self.tomeplug_memory_plans
-            merged = planner.merged_memory(memory, memory_pos, num_obj_ptr_tokens, output.shape[1], plans)
+            merged = planner.merged_memory(memory, memory_pos, num_pointers, output.shape[1], plans)
         for run in self.tomeplug_runs:
             members = [self.layers[i] for i in run]
-            nk = num_obj_ptr_tokens if has_rope(members[0].cross_attn_image) else 0
+            nk = num_pointers if self.rotates_memory(members[0]) else 0
             setting = members[0].__dict__.get("tomeplug_setting")
             own = merged if setting is not None and setting.memory_r is not None else None
             if len(members) > 1 and members[0].merges(output):
                 output = run_merged(members, output, memory, memory_pos, curr_pos, nk, own)
                 continue
             for layer in members:
-                kwds = {"num_k_exclude_rope": nk} if has_rope(layer.cross_attn_image) else {}
-                if own is not None:
-                    kwds["tomeplug_memory"] = own
-                output = layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **kwds)
-        normed = self.norm(output)
-        return normed.transpose(0, 1) if self.batch_first else normed
+                output = self.call_layer(layer, output, memory, memory_pos, curr_pos, nk, own)
+        return output
+
+    def rotates_memory(self, layer: nn.Module) -> bool:
+        """Whether a layer's cross-attention rotates the memory keys (RoPE), the pointers excluded."""
+        return has_rope(layer.cross_attn_image)
+
+    def call_layer(
+        self,
+        layer: nn.Module,
+        output: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor | None,
+        curr_pos: Tensor | None,
+        nk: int,
+        merged: MergedMemory | None,
+    ) -> Tensor:
+        """One layer called as a module (its hooks fire) on (B, N, C) tokens; ``merged``: the call's merged memory."""
+        kwds = {"num_k_exclude_rope": nk} if has_rope(layer.cross_attn_image) else {}
+        if merged is not None:
+            kwds["tomeplug_memory"] = merged
+        return layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **kwds)
 
 
 class Sam2MemoryAttentionAdapter(Adapter):
@@ -423,24 +461,36 @@ class Sam2MemoryAttentionAdapter(Adapter):
     classes: ClassVar[tuple[str, str]] = SAM2_CLASSES
     """The class paths of the whole model and its memory attention."""
 
+    layer_mixin: ClassVar[type] = MergingMemoryAttentionLayer
+    loop_mixin: ClassVar[type] = MergingMemoryAttention
+    """The mixins swapped onto a merging layer and (span scope, ``memory_r``) onto the memory attention."""
+
+    def memory_attention(self, model: nn.Module) -> nn.Module | None:
+        """The model's memory attention (the module itself, or the one in the whole model), or None."""
+        return memory_attention(model, self.classes)
+
     def matches(self, model: nn.Module) -> bool:
         """True for a ``SAM2Base`` (any subclass) or a ``MemoryAttention``."""
-        return memory_attention(model, self.classes) is not None
+        return self.memory_attention(model) is not None
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
         """The memory attention's ``layers`` (4 in the official models)."""
-        module = memory_attention(model, self.classes)
+        module = self.memory_attention(model)
         if module is None:
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
         return list(module.layers)
 
-    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
-        """Swap layer ``index``'s class; with any span-scoped layer, also the memory attention's (its loop)."""
-        module = memory_attention(model, self.classes)
-        layer = module.layers[index]
+    def prepare_layer(self, module: nn.Module, layer: nn.Module) -> None:
+        """Check the memory attention and ready a layer's submodules before its class is swapped."""
         if not module.batch_first:
             raise ValueError(f"{self.name}: MemoryAttention(batch_first=False) is not supported")
-        swap_class(layer, MergingMemoryAttentionLayer)
+
+    def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
+        """Swap layer ``index``'s class; with any span-scoped layer, also the memory attention's (its loop)."""
+        module = self.memory_attention(model)
+        layer = module.layers[index]
+        self.prepare_layer(module, layer)
+        swap_class(layer, self.layer_mixin)
         layer.tomeplug_setting = schedule[index]
         layer.tomeplug_memory_setting = memory_setting(schedule[index])
         planner = check_memory_settings(schedule, self.name)
@@ -451,7 +501,7 @@ class Sam2MemoryAttentionAdapter(Adapter):
                     "SAM2VideoPredictorVOS), which would bypass the span loop and the memory merge; build the plain "
                     "SAM2VideoPredictor and compile the patched model, or use scope='block' without memory_r"
                 )
-            swap_class(module, MergingMemoryAttention)
+            swap_class(module, self.loop_mixin)
             module.tomeplug_runs = layer_runs(schedule, len(module.layers))
             module.tomeplug_memory_planner = planner
             module.tomeplug_memory_plans = GroupPlanCache()  # each memory frame planned once while in the bank

@@ -11,9 +11,9 @@ the item set (each cached item carries its own identity, so a larger limit reuse
 the reference outputs also without the strategy, the schedule and the merging code: every strategy of a
 sweep shares the unmerged model's outputs, stored per item identity.
 
-``memory_layers`` (``task: video``, research SAM 2 models) selects SAM 2's memory-attention layers that merge
-(``tomeplug.patch(..., target="memory_attention")``) with the syntax and the strategy and parameters of
-``layers``; ``[]`` (the default) merges none, and ``layers=[]`` then leaves the encoder unmerged.
+``memory_layers`` (``task: video``, SAM 2 models, research or transformers') selects SAM 2's memory-attention
+layers that merge (``tomeplug.patch(..., target="memory_attention")``) with the syntax and the strategy and
+parameters of ``layers``; ``[]`` (the default) merges none, and ``layers=[]`` then leaves the encoder unmerged.
 
 Bad configuration fails here or in :meth:`RunSpec.check`, before any item is computed: :func:`resolve`
 checks the scalar options (``dtype``, ``batch_size``, ``limit``, ...), ``check`` patches the built model
@@ -41,6 +41,7 @@ from .schedule_file import FILE_PREFIX, read_schedule
 
 BASELINE, MIX = "none", "mix"
 MEMORY_TARGET = "memory_attention"
+MEMORY_FAMILIES = ("sam2", "hf_sam2")  # model families whose video runs have a memory attention to merge
 DTYPES: dict[str, str] = {
     **dict.fromkeys(("float32", "fp32", "f32"), "float32"),
     **dict.fromkeys(("bfloat16", "bf16"), "bfloat16"),
@@ -250,9 +251,10 @@ def _check_memory_layers(memory_layers: Any, layers: Any, model: str, task: str)
         if layers == []:
             raise ValueError("layers=[] and memory_layers=[] merge nothing: use strategy=none for the unmerged model")
         return
-    if task != "video" or MODELS[model].family != "sam2":
+    if task != "video" or MODELS[model].family not in MEMORY_FAMILIES:
         raise ValueError(
             f"memory_layers={memory_layers!r} merges SAM 2's memory attention, which runs on video datasets with "
-            f"a research SAM 2 model (e.g. model=sam2.1_hiera_t dataset=davis, or model=sam2_tiny "
-            f"dataset=synthetic_video); got model={model} on a {task!r} task. Leave memory_layers=[] here"
+            f"a SAM 2 model, research or transformers' (e.g. model=sam2.1_hiera_t dataset=davis, or model=sam2_tiny "
+            f"or hf_sam2_tiny dataset=synthetic_video); got model={model} on a {task!r} task. Leave memory_layers=[] "
+            "here"
         )
