@@ -254,7 +254,10 @@ class MergingMemoryAttentionLayer(nn.Module):
         merged: MergedMemory | None,
     ) -> Tensor:
         """The cross-attention of ``tgt`` (queries rotated by ``rotations``) to the memory and its residual, then
-        the MLP residual, as upstream's layer ends."""
+        the MLP residual, as upstream's layer ends (a layer without cross-attention, ``cross_attn_image`` None as
+        sam3 removes it, runs the MLP alone)."""
+        if self.cross_attn_image is None:
+            return self.mlp_residual(tgt)
         normed = self.norm2(tgt)
         q = normed + query_pos if self.pos_enc_at_cross_attn_queries else normed
         attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
@@ -276,11 +279,15 @@ class MergingMemoryAttentionLayer(nn.Module):
             merged = self.merged_memory(memory, pos, num_k_exclude_rope, tgt.shape[1])
         if not self.merges(tgt):
             if merged is None:
-                return super().forward(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=num_k_exclude_rope)
+                return self.upstream(tgt, memory, pos, query_pos, num_k_exclude_rope)
             return self.memory_merged(tgt, memory, pos, query_pos, num_k_exclude_rope, merged)
         if self.tomeplug_setting.scope == "attn":
             return self.attention_merged(tgt, memory, pos, query_pos, num_k_exclude_rope, merged)
         return run_merged([self], tgt, memory, pos, query_pos, num_k_exclude_rope, merged)
+
+    def upstream(self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int) -> Tensor:
+        """Upstream's layer, unmerged."""
+        return super().forward(tgt, memory, pos=pos, query_pos=query_pos, num_k_exclude_rope=nk)
 
     def memory_merged(
         self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None, nk: int, merged: MergedMemory
@@ -309,11 +316,13 @@ class MergingMemoryAttentionLayer(nn.Module):
         qk = normed + query_pos if self.pos_enc_at_attn else normed
         attended = merged_self_attention(self.self_attn, plan.merge(qk), plan.merge(normed), context)
         tgt = tgt + self.dropout1(plan.unmerge(attended))
-        normed = self.norm2(tgt)
-        q = plan.merge(normed + query_pos if self.pos_enc_at_cross_attn_queries else normed)
-        rotations, table = context.cross_rotations, context.memory_table
-        attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
-        return self.mlp_residual(tgt + self.dropout2(plan.unmerge(attended)))
+        if self.cross_attn_image is not None:
+            normed = self.norm2(tgt)
+            q = plan.merge(normed + query_pos if self.pos_enc_at_cross_attn_queries else normed)
+            rotations, table = context.cross_rotations, context.memory_table
+            attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
+            tgt = tgt + self.dropout2(plan.unmerge(attended))
+        return self.mlp_residual(tgt)
 
 
 def run_merged(
@@ -357,6 +366,52 @@ def layer_runs(schedule: Mapping[int, Setting], depth: int) -> tuple[tuple[int, 
     return tuple(tuple(run) for run in runs)
 
 
+def batch_first_inputs(
+    module: nn.Module, curr: Tensor, memory: Tensor, curr_pos: Tensor | None, memory_pos: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """A batch-first memory attention's input handling, as upstream's: the frame's tokens (N, B, C) plus
+    0.1 x ``curr_pos`` where ``pos_enc_at_input``; every input (T, B, C) -> (B, T, C)."""
+    if curr.shape[1] != memory.shape[1]:
+        raise ValueError("memory attention: batch size must be the same for curr and memory")
+    if module.pos_enc_at_input and curr_pos is not None:
+        curr = curr + 0.1 * curr_pos
+    inputs = (curr, memory, curr_pos, memory_pos)
+    return tuple(None if x is None else x.transpose(0, 1) for x in inputs)
+
+
+def run_layers(
+    module: nn.Module,
+    output: Tensor,
+    memory: Tensor,
+    curr_pos: Tensor | None,
+    memory_pos: Tensor | None,
+    num_obj_ptr_tokens: int,
+    **layer_kwargs: object,
+) -> Tensor:
+    """A patched memory attention's layers (``module.layers``) on batch-first frame tokens (B, N, C) -> (B, N, C),
+    before its final norm: the memory merged once for the layers that set ``memory_r``, each run of
+    ``module.tomeplug_runs`` on one plan, other layers called as upstream's loop calls them (with
+    ``layer_kwargs`` added)."""
+    merged = None
+    if module.tomeplug_memory_planner is not None:
+        planner = module.layers[module.tomeplug_memory_planner]
+        merged = planner.merged_memory(memory, memory_pos, num_obj_ptr_tokens, output.shape[1])
+    for run in module.tomeplug_runs:
+        members = [module.layers[i] for i in run]
+        nk = num_obj_ptr_tokens if has_rope(members[0].cross_attn_image) else 0
+        setting = members[0].__dict__.get("tomeplug_setting")
+        own = merged if setting is not None and setting.memory_r is not None else None
+        if len(members) > 1 and members[0].merges(output):
+            output = run_merged(members, output, memory, memory_pos, curr_pos, nk, own)
+            continue
+        for layer in members:
+            kwds = {"num_k_exclude_rope": nk} if has_rope(layer.cross_attn_image) else {}
+            if own is not None:
+                kwds["tomeplug_memory"] = own
+            output = layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **layer_kwargs, **kwds)
+    return output
+
+
 class MergingMemoryAttention(nn.Module):
     """Mixin over sam2's ``MemoryAttention`` (scope ``span``, option ``memory_r``): runs each span of layers on
     one plan, and merges the memory once per call for the layers that set ``memory_r``."""
@@ -377,33 +432,9 @@ class MergingMemoryAttention(nn.Module):
             if not isinstance(curr_pos, list) or not len(curr) == len(curr_pos) == 1:
                 raise ValueError("memory attention takes one feature level: curr and curr_pos as 1-element lists")
             curr, curr_pos = curr[0], curr_pos[0]
-        if curr.shape[1] != memory.shape[1]:
-            raise ValueError("memory attention: batch size must be the same for curr and memory")
-        output = curr
-        if self.pos_enc_at_input and curr_pos is not None:
-            output = output + 0.1 * curr_pos
-        if self.batch_first:
-            output, curr_pos = output.transpose(0, 1), curr_pos.transpose(0, 1)
-            memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
-        merged = None
-        if self.tomeplug_memory_planner is not None:
-            planner = self.layers[self.tomeplug_memory_planner]
-            merged = planner.merged_memory(memory, memory_pos, num_obj_ptr_tokens, output.shape[1])
-        for run in self.tomeplug_runs:
-            members = [self.layers[i] for i in run]
-            nk = num_obj_ptr_tokens if has_rope(members[0].cross_attn_image) else 0
-            setting = members[0].__dict__.get("tomeplug_setting")
-            own = merged if setting is not None and setting.memory_r is not None else None
-            if len(members) > 1 and members[0].merges(output):
-                output = run_merged(members, output, memory, memory_pos, curr_pos, nk, own)
-                continue
-            for layer in members:
-                kwds = {"num_k_exclude_rope": nk} if has_rope(layer.cross_attn_image) else {}
-                if own is not None:
-                    kwds["tomeplug_memory"] = own
-                output = layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **kwds)
-        normed = self.norm(output)
-        return normed.transpose(0, 1) if self.batch_first else normed
+        output, memory, curr_pos, memory_pos = batch_first_inputs(self, curr, memory, curr_pos, memory_pos)
+        output = run_layers(self, output, memory, curr_pos, memory_pos, num_obj_ptr_tokens)
+        return self.norm(output).transpose(0, 1)  # batch_first (the adapter refuses others)
 
 
 class Sam2MemoryAttentionAdapter(Adapter):
@@ -415,35 +446,43 @@ class Sam2MemoryAttentionAdapter(Adapter):
     merges_memory = True
     classes: ClassVar[tuple[str, str]] = SAM2_CLASSES
     """The class paths of the whole model and its memory attention."""
+    layer_mixin: ClassVar[type] = MergingMemoryAttentionLayer
+    module_mixin: ClassVar[type] = MergingMemoryAttention
+    """The mixins swapped onto the layers and (for span scope and ``memory_r``) the memory attention."""
+
+    def module(self, model: nn.Module) -> nn.Module | None:
+        """The model's memory attention (the module itself, or the one in a whole model); else None."""
+        return memory_attention(model, self.classes)
 
     def matches(self, model: nn.Module) -> bool:
         """True for a ``SAM2Base`` (any subclass) or a ``MemoryAttention``."""
-        return memory_attention(model, self.classes) is not None
+        return self.module(model) is not None
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
         """The memory attention's ``layers`` (4 in the official models)."""
-        module = memory_attention(model, self.classes)
+        module = self.module(model)
         if module is None:
             raise TypeError(f"{self.name} adapter cannot handle {class_path(model)}")
         return list(module.layers)
 
     def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap layer ``index``'s class; with any span-scoped layer, also the memory attention's (its loop)."""
-        module = memory_attention(model, self.classes)
+        module = self.module(model)
         layer = module.layers[index]
         if not module.batch_first:
-            raise ValueError(f"{self.name}: MemoryAttention(batch_first=False) is not supported")
-        swap_class(layer, MergingMemoryAttentionLayer)
+            raise ValueError(f"{self.name}: {type(module).__name__}(batch_first=False) is not supported")
+        swap_class(layer, self.layer_mixin)
         layer.tomeplug_setting = schedule[index]
         layer.tomeplug_memory_setting = memory_setting(schedule[index])
         planner = check_memory_settings(schedule, self.name)
         if planner is not None or any(setting.scope == "span" for setting in schedule.values()):
             if "forward" in module.__dict__:
                 raise ValueError(
-                    f"{self.name}: this MemoryAttention's forward is replaced on the instance (e.g. compiled by "
-                    "SAM2VideoPredictorVOS), which would bypass the span loop and the memory merge; build the plain "
-                    "SAM2VideoPredictor and compile the patched model, or use scope='block' without memory_r"
+                    f"{self.name}: this memory attention's forward is replaced on the instance (compiled, e.g. by "
+                    "SAM2VideoPredictorVOS or a sam3 tracker's compile_mode), which would bypass the span loop and "
+                    "the memory merge; build the model uncompiled and compile the patched model, or use "
+                    "scope='block' without memory_r"
                 )
-            swap_class(module, MergingMemoryAttention)
+            swap_class(module, self.module_mixin)
             module.tomeplug_runs = layer_runs(schedule, len(module.layers))
             module.tomeplug_memory_planner = planner
