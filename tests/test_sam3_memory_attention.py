@@ -236,3 +236,21 @@ def test_ultralytics_sam3_memory_attention_merges_as_sam3s_with_the_same_weights
             assert handle.adapter == "sam3_memory_attention"
             torch.testing.assert_close(run_sam3_memory_attention(sam3, curr), merged)
     assert not torch.allclose(merged, dense, atol=1e-3)
+
+
+video_model, video_reference = video_tests.video_model, video_tests.video_reference
+
+
+def test_video_model_tracks_with_its_trackers_memory_attention_merged(video_model, video_reference, on_cpu, registry):
+    """sam3's video model (a detector and a tracker without backbone): its one memory attention, in the tracker, is
+    found and merged; r = 0 exact, merged masks of the object on every frame, frames after the prompt changed."""
+    assert registry.adapter_for(video_model, "memory_attention").name == "sam3_memory_attention"
+    with tomeplug.patch(video_model, "tome", r=0.0, scope="span", target="memory_attention"):
+        assert type(video_model.tracker.transformer.encoder).__name__.startswith("Merging")
+        exact = video_tests.segment_video(video_model)
+    with tomeplug.patch(video_model, "tome", r=0.5, memory_r=0.5, scope="span", target="memory_attention"):
+        merged = video_tests.segment_video(video_model)
+    for index, (ids, masks) in video_reference.items():
+        assert exact[index][0] == ids and (exact[index][1] == masks).all()
+        assert merged[index][0] == ids and merged[index][1].shape == masks.shape and merged[index][1].any()
+    assert any((merged[index][1] != masks).any() for index, (_, masks) in video_reference.items() if index > 0)
