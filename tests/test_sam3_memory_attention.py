@@ -10,6 +10,8 @@ merged, and Ultralytics' SAM 3 tracker model merges as sam3's with the same weig
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import test_adapter_sam3_video as video_tests
 import torch
@@ -146,6 +148,18 @@ def test_batched_objects_plan_per_object():
             out = encoder([curr[:, one]], memory[:, one], None, None, [None], None, [pos[:, one]], memory_pos[:, one],
                           num_obj_ptr_tokens=4)  # fmt: skip
             torch.testing.assert_close(out["memory"], both[:, one], atol=1e-5, rtol=1e-5)
+
+
+def test_a_patched_memory_attention_pickles_with_its_patch():
+    encoder, curr = tiny_sam3_memory_attention(), frame_tokens()
+    with torch.no_grad():
+        dense = run_sam3_memory_attention(encoder, curr)
+        tomeplug.patch(encoder, "tome", r=0.5, memory_r=0.5, scope="span")
+        merged = run_sam3_memory_attention(encoder, curr)
+        restored = pickle.loads(pickle.dumps(encoder))
+        assert type(restored).__name__ == "MergingSam3MemoryEncoder_TransformerEncoderCrossAttention"
+        assert torch.equal(run_sam3_memory_attention(restored, curr), merged)
+        assert tomeplug.unpatch(restored) and torch.equal(run_sam3_memory_attention(restored, curr), dense)
 
 
 @pytest.mark.parametrize("scope", SCOPES)
