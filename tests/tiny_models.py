@@ -285,4 +285,11 @@ TINY_MODELS = {
     "ultralytics_sam2_memory_attention": TinyModel(  # Ultralytics' builder: the memory attention at full width
         "tiny_ultralytics:tiny_sam2", {}, "memory_attention", (64, 2, 256), call="tiny_models:run_memory_attention"
     ),
+    "sam3_memory_attention": TinyModel(
+        "tiny_sam3_memory:tiny_sam3_memory_attention",
+        {},
+        None,
+        (64, 2, 32),
+        call="tiny_sam3_memory:run_sam3_memory_attention",
+    ),
 }

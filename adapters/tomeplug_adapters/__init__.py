@@ -15,6 +15,7 @@ def tomeplug_register_adapters(register):
     from tomeplug_adapters.hf_sam_vit import HFSamHQViTAdapter, HFSamViTAdapter
     from tomeplug_adapters.sam2_hiera import Sam2HieraAdapter
     from tomeplug_adapters.sam2_memory_attention import Sam2MemoryAttentionAdapter
+    from tomeplug_adapters.sam3_memory_attention import Sam3MemoryAttentionAdapter
     from tomeplug_adapters.sam3_vit import Sam3ViTAdapter
     from tomeplug_adapters.sam_vit import HQSamViTAdapter, SamViTAdapter
     from tomeplug_adapters.timm_samvit import TimmSamViTAdapter
@@ -43,3 +44,4 @@ def tomeplug_register_adapters(register):
     register(UltralyticsSam2MemoryAttentionAdapter())
     register(HFSam2MemoryAttentionAdapter())
     register(HFSam3TrackerMemoryAttentionAdapter())
+    register(Sam3MemoryAttentionAdapter())

@@ -271,7 +271,10 @@ class MergingMemoryAttentionLayer(nn.Module):
         merged: MergedMemory | None,
     ) -> Tensor:
         """The cross-attention of ``tgt`` (queries rotated by ``rotations``) to the memory and its residual, then
-        the MLP residual, as upstream's layer ends."""
+        the MLP residual, as upstream's layer ends (a layer without cross-attention, ``cross_attn_image`` None as
+        sam3 removes it, runs the MLP alone)."""
+        if self.cross_attn_image is None:
+            return self.mlp_residual(tgt)
         normed = self.norm2(tgt)
         q = normed + query_pos if self.pos_enc_at_cross_attn_queries else normed
         attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
@@ -326,11 +329,13 @@ class MergingMemoryAttentionLayer(nn.Module):
         qk = normed + query_pos if self.pos_enc_at_attn else normed
         attended = merged_self_attention(self.self_attn, plan.merge(qk), plan.merge(normed), context)
         tgt = tgt + self.dropout1(plan.unmerge(attended))
-        normed = self.norm2(tgt)
-        q = plan.merge(normed + query_pos if self.pos_enc_at_cross_attn_queries else normed)
-        rotations, table = context.cross_rotations, context.memory_table
-        attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
-        return self.mlp_residual(tgt + self.dropout2(plan.unmerge(attended)))
+        if self.cross_attn_image is not None:  # sam3 removes some layers' cross-attention
+            normed = self.norm2(tgt)
+            q = plan.merge(normed + query_pos if self.pos_enc_at_cross_attn_queries else normed)
+            rotations, table = context.cross_rotations, context.memory_table
+            attended = merged_cross_attention(self, q, memory, pos, nk, rotations, table, merged)
+            tgt = tgt + self.dropout2(plan.unmerge(attended))
+        return self.mlp_residual(tgt)
 
 
 def run_merged(
@@ -374,6 +379,19 @@ def layer_runs(schedule: Mapping[int, Setting], depth: int) -> tuple[tuple[int, 
     return tuple(tuple(run) for run in runs)
 
 
+def batch_first_inputs(
+    module: nn.Module, curr: Tensor, memory: Tensor, curr_pos: Tensor | None, memory_pos: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """A batch-first memory attention's input handling, as upstream's: the frame's tokens (N, B, C) plus
+    0.1 x ``curr_pos`` where ``pos_enc_at_input``; every input (T, B, C) -> (B, T, C)."""
+    if curr.shape[1] != memory.shape[1]:
+        raise ValueError("memory attention: batch size must be the same for curr and memory")
+    if module.pos_enc_at_input and curr_pos is not None:
+        curr = curr + 0.1 * curr_pos
+    inputs = (curr, memory, curr_pos, memory_pos)
+    return tuple(None if x is None else x.transpose(0, 1) for x in inputs)
+
+
 class MergingMemoryAttention(nn.Module):
     """Mixin over sam2's ``MemoryAttention`` (scope ``span``, option ``memory_r``): runs each span of layers on
     one plan, and merges the memory once per call for the layers that set ``memory_r``."""
@@ -396,17 +414,9 @@ class MergingMemoryAttention(nn.Module):
             if not isinstance(curr_pos, list) or not len(curr) == len(curr_pos) == 1:
                 raise ValueError("memory attention takes one feature level: curr and curr_pos as 1-element lists")
             curr, curr_pos = curr[0], curr_pos[0]
-        if curr.shape[1] != memory.shape[1]:
-            raise ValueError("memory attention: batch size must be the same for curr and memory")
-        output = curr
-        if self.pos_enc_at_input and curr_pos is not None:
-            output = output + 0.1 * curr_pos
-        if self.batch_first:
-            output, curr_pos = output.transpose(0, 1), curr_pos.transpose(0, 1)
-            memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
+        output, memory, curr_pos, memory_pos = batch_first_inputs(self, curr, memory, curr_pos, memory_pos)
         output = self.run_layers(output, memory, memory_pos, curr_pos, num_obj_ptr_tokens)
-        normed = self.norm(output)
-        return normed.transpose(0, 1) if self.batch_first else normed
+        return self.norm(output).transpose(0, 1)  # batch_first (the adapter refuses others)
 
     def run_layers(
         self, output: Tensor, memory: Tensor, memory_pos: Tensor | None, curr_pos: Tensor | None, num_pointers: int
@@ -483,7 +493,7 @@ class Sam2MemoryAttentionAdapter(Adapter):
     def prepare_layer(self, module: nn.Module, layer: nn.Module) -> None:
         """Check the memory attention and ready a layer's submodules before its class is swapped."""
         if not module.batch_first:
-            raise ValueError(f"{self.name}: MemoryAttention(batch_first=False) is not supported")
+            raise ValueError(f"{self.name}: {type(module).__name__}(batch_first=False) is not supported")
 
     def patch_block(self, model: nn.Module, index: int, schedule: Mapping[int, Setting]) -> None:
         """Swap layer ``index``'s class; with any span-scoped layer, also the memory attention's (its loop)."""
@@ -497,9 +507,10 @@ class Sam2MemoryAttentionAdapter(Adapter):
         if planner is not None or any(setting.scope == "span" for setting in schedule.values()):
             if "forward" in module.__dict__:
                 raise ValueError(
-                    f"{self.name}: this MemoryAttention's forward is replaced on the instance (e.g. compiled by "
-                    "SAM2VideoPredictorVOS), which would bypass the span loop and the memory merge; build the plain "
-                    "SAM2VideoPredictor and compile the patched model, or use scope='block' without memory_r"
+                    f"{self.name}: this memory attention's forward is replaced on the instance (compiled, e.g. by "
+                    "SAM2VideoPredictorVOS or a sam3 tracker's compile_mode), which would bypass the span loop and "
+                    "the memory merge; build the model uncompiled and compile the patched model, or use "
+                    "scope='block' without memory_r"
                 )
             swap_class(module, self.loop_mixin)
             module.tomeplug_runs = layer_runs(schedule, len(module.layers))

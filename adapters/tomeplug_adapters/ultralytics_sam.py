@@ -12,8 +12,10 @@ and :mod:`tomeplug_adapters.sam3_vit`:
   the built size, which the span-scope loop does too (:class:`MergingUltralyticsSamEncoder`).
 - ``ultralytics_sam2_hiera``: ``SAM2Model`` (and subclasses, e.g. the video predictor's), its
   ``ImageEncoder`` or the ``Hiera`` trunk (``MultiScaleBlock``, ``MultiScaleAttention``, q-pooling).
-- ``ultralytics_sam2_memory_attention`` (target ``"memory_attention"``): ``SAM2Model`` (and subclasses) or its
-  ``MemoryAttention``: the frame's tokens merged in the memory-attention layers, as
+- ``ultralytics_sam2_memory_attention`` (target ``"memory_attention"``): ``SAM2Model`` (and subclasses: the
+  interactive SAM 3 tracker ``SAM3Model`` of ``build_interactive_sam3`` too, whose memory attention is the same
+  ``MemoryAttention`` at SAM 3's sizes) or its ``MemoryAttention``: the frame's tokens merged in the memory-attention
+  layers, as
   :mod:`tomeplug_adapters.sam2_memory_attention` (``RoPEAttention`` and the layers are Ultralytics' copies).
 - ``ultralytics_sam3_vit``: ``models.sam.sam3.vitdet.ViT`` alone or inside any Ultralytics SAM model that
   holds exactly one (``SAM3Model``'s backbone, ``SAM3SemanticModel``). Its attention keeps ``freqs_cis`` as a
@@ -77,7 +79,7 @@ class UltralyticsSam2HieraAdapter(Sam2HieraAdapter):
 
 
 class UltralyticsSam2MemoryAttentionAdapter(Sam2MemoryAttentionAdapter):
-    """Ultralytics' SAM2Model (and subclasses) or MemoryAttention: the frame's tokens"""
+    """Ultralytics' SAM2Model (and subclasses, SAM3Model too) or MemoryAttention: the frame's tokens"""
 
     name = "ultralytics_sam2_memory_attention"
     classes = (f"{MODULES}.sam.SAM2Model", f"{MODULES}.memory_attention.MemoryAttention")
