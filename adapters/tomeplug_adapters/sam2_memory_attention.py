@@ -399,6 +399,8 @@ class MergingMemoryAttention(nn.Module):
     tomeplug_runs: tuple[tuple[int, ...], ...]
     tomeplug_memory_planner: int | None
     """The first layer that sets ``memory_r`` (its setting and cross-attention plan the memory), or None."""
+    tomeplug_layer_arguments: ClassVar[Mapping[str, object]] = {}
+    """Arguments upstream's loop passes every layer besides SAM 2's (sam3's: ``dac=False``)."""
     tomeplug_memory_plans: GroupPlanCache
     """The memory frames' plans of the last call (:mod:`tomeplug_adapters.sam2_memory_keys`)."""
 
@@ -455,7 +457,9 @@ class MergingMemoryAttention(nn.Module):
         merged: MergedMemory | None,
     ) -> Tensor:
         """One layer called as a module (its hooks fire) on (B, N, C) tokens; ``merged``: the call's merged memory."""
-        kwds = {"num_k_exclude_rope": nk} if has_rope(layer.cross_attn_image) else {}
+        kwds = dict(self.tomeplug_layer_arguments)
+        if has_rope(layer.cross_attn_image):
+            kwds["num_k_exclude_rope"] = nk
         if merged is not None:
             kwds["tomeplug_memory"] = merged
         return layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **kwds)

@@ -101,6 +101,8 @@ class MergingSam3MemoryEncoder(MergingMemoryAttention):
     layer loop (:meth:`~tomeplug_adapters.sam2_memory_attention.MergingMemoryAttention.run_layers`) with
     upstream's call and output."""
 
+    tomeplug_layer_arguments = {"dac": False}  # upstream's loop passes it; its unmerged layers require it
+
     def forward(
         self,
         src: Tensor | list[Tensor],
@@ -133,22 +135,6 @@ class MergingSam3MemoryEncoder(MergingMemoryAttention):
         output = self.run_layers(output, memory, memory_pos, pos, num_obj_ptr_tokens)
         normed = self.norm(output).transpose(0, 1)  # batch_first (the adapter refuses others)
         return {"memory": normed, "pos_embed": src_pos, "padding_mask": src_key_padding_mask}
-
-    def call_layer(
-        self,
-        layer: nn.Module,
-        output: Tensor,
-        memory: Tensor,
-        memory_pos: Tensor | None,
-        curr_pos: Tensor | None,
-        nk: int,
-        merged: MergedMemory | None,
-    ) -> Tensor:
-        """SAM 2's layer call plus ``dac=False``, which upstream's loop passes (its unmerged layers require it)."""
-        kwds = {"num_k_exclude_rope": nk} if nk else {}
-        if merged is not None:
-            kwds["tomeplug_memory"] = merged
-        return layer(tgt=output, memory=memory, dac=False, pos=memory_pos, query_pos=curr_pos, **kwds)
 
 
 def cross_attention_runs(runs: Sequence[tuple[int, ...]], layers: Sequence[nn.Module]) -> tuple[tuple[int, ...], ...]:
