@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import torch
 from segment_anything.modeling import ImageEncoderViT
@@ -11,6 +16,8 @@ from torch import nn
 
 import tomeplug
 from tomeplug_eval.memory import MB, LiveTensorPeak
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def test_meter_counts_new_storages_until_freed():
@@ -73,3 +80,17 @@ def test_merged_global_attention_builds_one_bias():
     largest = sorted((e.nbytes for e in merged.at_peak), reverse=True)
     assert largest[0] == bias_bytes and largest[1] <= bias_bytes / 4  # the rest: a head's share at most
     assert merged.peak_bytes < 2 * bias_bytes < dense.peak_bytes / 2
+
+
+def test_live_memory_bench_reports_each_scope(tmp_path):
+    """bench/live_memory.py end to end on the tiny SAM: a peak per encoder, and the tensors alive at it."""
+    out = tmp_path / "rows.jsonl"
+    command = [sys.executable, str(BENCH / "live_memory.py"), "--model", "sam_tiny", "--scopes", "attn,span"]
+    env = {k: v for k, v in os.environ.items() if k != "TOMEPLUG_DISABLE_PLUGIN_AUTOLOAD"}  # the installed plugins
+    done = subprocess.run(
+        [*command, "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(out.read_text())
+    assert row["dense_live_peak_mb"] > row["attn_live_peak_mb"] > 0 and row["span_live_peak_mb"] > 0
+    assert "sam_tiny 256px dense: peak" in done.stdout and "sdpa_attention.py" in done.stdout
