@@ -1,8 +1,9 @@
-"""Peak memory of a block of work: exact on CUDA, sampled resident memory on CPU.
+"""Peak memory of a block of work: :class:`PeakMemory` (exact on CUDA, sampled resident memory on CPU) and
+:class:`LiveTensorPeak` (the tensors the work allocates, counted op by op: deterministic on any device).
 
-- CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before: the peak of
+- PeakMemory on CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before: the peak of
   tensors the work created (the caching allocator's own reserve is not counted).
-- CPU: glibc's ``malloc_trim(0)`` first hands the memory freed by earlier work back to the system (else it
+- PeakMemory on CPU: glibc's ``malloc_trim(0)`` first hands the memory freed by earlier work back to the system (else it
   would be reused without showing in the resident set); then a background thread samples the process's
   resident set size (``/proc/self/statm``) every ``interval_s`` while the work runs. The peak is the
   highest sample minus the RSS just before: the work's transient working set (weights already resident
