@@ -20,7 +20,9 @@ Method:
   relative-position bias ("positions") is shown apart: it replaces upstream's own rel-pos work.
 - fidelity: cosine of the patched and dense embeddings of the timed runs (random weights: a smoke check).
 - peak memory: one more forward of each encoder under ``tomeplug_eval.memory.PeakMemory``: the memory the
-  forward adds (CUDA: max allocated; CPU: sampled resident set growth).
+  forward adds (CUDA: max allocated; CPU: sampled resident set growth). On CPU (eager baselines) one more
+  under ``tomeplug_eval.memory.LiveTensorPeak``: the peak of the tensors the forward allocates, deterministic
+  (no allocator retention, no sampling), and the largest tensors alive at it (``*_live_peak`` in the JSON).
 - baselines (``--baseline``): ``eager`` runs upstream's attention in every unmerged block, ``sdpa`` the same
   attention as one SDPA call (``bench/sdpa_attention.py``; SAM ViT only, the others use SDPA already), and
   ``compile`` the SDPA form with both encoders under ``torch.compile`` (inductor; the patched one
@@ -71,7 +73,7 @@ from tomeplug_adapters import (
 from tomeplug_eval import architectures
 from tomeplug_eval.flops import count_flops
 from tomeplug_eval.latency import compare
-from tomeplug_eval.memory import PeakMemory
+from tomeplug_eval.memory import LiveTensorPeak, PeakMemory
 from tomeplug_eval.model_catalog import ALIASES, MODELS, RandomWeightsWarning, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/'s own modules, however this file is loaded
@@ -302,11 +304,14 @@ def main() -> None:
     )
     last = timing["last"]
     fidelity = F.cosine_similarity(last["dense"].float().flatten(1), last["patched"].float().flatten(1)).min().item()
-    peak_mb = {}
+    peak_mb, live = {}, {}
     for name, model in (("dense", run_dense), ("patched", run_patched)):
         with PeakMemory(device) as meter:
             forward(model)
         peak_mb[name] = meter.peak_mb
+        if device.type == "cpu" and args.baseline != "compile":  # the eager forward's own tensors
+            with LiveTensorPeak() as live[name]:
+                forward(model)
     runs = [merge_overhead(patched, handle.schedule, x) for _ in range(args.overhead_runs)]
     seconds = Counter({label: min(run[label] for run in runs) for label in runs[0]})
     overhead = (seconds["plan"] + seconds["merge"] + seconds["unmerge"]) / seconds["blocks"]
@@ -330,6 +335,8 @@ def main() -> None:
         "sdpa_swapped": sdpa_swapped,
         "dense_peak_mb": peak_mb["dense"],
         "patched_peak_mb": peak_mb["patched"],
+        **{f"{name}_live_peak_mb": meter.peak_mb for name, meter in live.items()},
+        **{f"{name}_live_peak": meter.report().splitlines() for name, meter in live.items()},
         "instrumented_s": dict(seconds),
         "cosine": fidelity,
     }
@@ -342,6 +349,7 @@ def main() -> None:
         f"({100 * speedup / (bound / merged_g):.0f}% of it); merge overhead {100 * overhead:.1f}% of merged blocks "
         f"(positions {100 * seconds['positions'] / seconds['blocks']:.1f}%); cosine {fidelity:.4f}; "
         f"peak memory dense {peak_mb['dense']:.0f} MiB, patched {peak_mb['patched']:.0f} MiB"
+        + (f" (live tensors {live['dense'].peak_mb:.0f} -> {live['patched'].peak_mb:.0f} MiB)" if live else "")
     )
     if args.json:
         with args.json.open("a") as out:

@@ -48,3 +48,6 @@ def test_encoder_speed_runs_with_the_sdpa_baseline(tmp_path):
     assert row["baseline"] == "sdpa" and row["sdpa_swapped"] == 8
     assert row["speedup"] > 0 and row["flops_bound"] > 1 and 0 < row["cosine"] <= 1
     assert row["dense_peak_mb"] >= 0 and row["patched_peak_mb"] >= 0
+    # deterministic live-tensor peaks: dense SDPA holds its (heads, N, N) mask, twice (add, then reshape's copy)
+    assert row["patched_live_peak_mb"] > 0 and row["dense_live_peak_mb"] >= 2 * 4 * 256**2 * 4 / 2**20
+    assert row["dense_live_peak"][1].split()[2] in {"add", "clone"}

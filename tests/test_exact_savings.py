@@ -148,8 +148,9 @@ def test_rel_pos_bias_gathers_from_small_terms_and_is_exact(block_index):
     q = torch.randn(b, 4, m, 16)
     with torch.no_grad(), AtenOps() as ops:
         bias = rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, plan.kept, grid)
-    # one gather of the per-query terms (B', heads, M, h + w), then one per key axis from them
-    assert ops.sizes["gather"] == [b * 4 * m * (2 * side), b * 4 * m * m, b * 4 * m * m]
+    # one gather of the per-query terms (B', heads, M, h + w), then the key rows' from them, then the key
+    # columns' a head at a time (added in place: no second (B', heads, M, M) tensor)
+    assert ops.sizes["gather"] == [b * 4 * m * (2 * side), b * 4 * m * m] + [b * m * m] * 4
     with torch.no_grad():
         torch.testing.assert_close(bias, naive_rel_pos_bias(attn, q, plan.kept, grid), atol=1e-6, rtol=1e-6)
 

@@ -87,10 +87,12 @@ def position_bias(q: Tensor, positions: MergedPositions, rel_pos: tuple[Tensor, 
         return None if positions.log_size is None else positions.log_size.to(q.dtype)
     (h, w), (b, heads, m, _) = positions.grid, q.shape
     table = torch.cat([resized_rel_pos(rel_pos[0], h), resized_rel_pos(rel_pos[1], w)]).to(q.dtype)
-    logits = q @ table.T  # (B', heads, M, 2h + 2w - 2)
-    terms = gather_bits(logits, positions.query_index.unsqueeze(1).expand(-1, heads, -1, -1))  # (B', heads, M, h + w)
+    index = positions.query_index.unsqueeze(1).expand(-1, heads, -1, -1)
+    terms = gather_bits(q @ table.T, index)  # (B', heads, M, h + w) from (B', heads, M, 2h + 2w - 2), then freed
     bias = gather_bits(terms, positions.key_rows.expand(b, heads, m, m))  # (B', heads, M, M): T[m, row_n]
-    bias = bias.add_(gather_bits(terms, positions.key_cols.expand(b, heads, m, m)))  # + T[m, h + col_n]
+    cols = positions.key_cols.expand(b, 1, m, m)
+    for head in range(heads):  # + T[m, h + col_n], a head at a time: never a second (B', heads, M, M) tensor
+        bias[:, head : head + 1].add_(gather_bits(terms[:, head : head + 1], cols))
     return bias if positions.log_size is None else bias.add_(positions.log_size.to(q.dtype))
 
 

@@ -41,10 +41,11 @@ class MergingSamEncoder(nn.Module):
         """Patch embedding, positions and the blocks run by run: the (B, H, W, C) map before the neck, and
         every global block's output (unmerged, dense layout)."""
         x = self.add_abs_pos(self.patch_embed(pixels))  # (B, H, W, C)
-        interm = []
-        for last, out in run_blocks(self.blocks, self.tomeplug_runs, x):
-            if self.blocks[last].window_size == 0:
-                interm.append(out)
+        runs, interm = run_blocks(self.blocks, self.tomeplug_runs, x), []
+        del x  # the runs hold it as long as they need it, no longer
+        for last, out in runs:
+            if self.returns_interm and self.blocks[last].window_size == 0:
+                interm.append(out)  # kept only where the encoder returns them
         return out, interm
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, list[Tensor]]:

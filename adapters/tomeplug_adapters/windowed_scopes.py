@@ -118,6 +118,7 @@ def run_merged(blocks: Sequence[MergingWindowedBlock], x: Tensor) -> Tensor:
         real = partition(x.new_ones(b, h, w, 1), size)  # (B', N, 1): 0 for padding
     normed = first.attention_norm(tokens) if real is None else first.attention_norm(tokens) * real
     plan = first.plan(normed, grid)
+    del normed  # only the plan needs it: not held through the run
     merged = plan.merge(tokens)  # (B', M, C) size-weighted mean residuals
     real_slots = None if real is None else plan.merge(real).gt(0).to(x.dtype)  # (B', M, 1): 0 if all padding
     context = first.merged_context(plan, grid, x.dtype)  # once per plan
@@ -126,7 +127,7 @@ def run_merged(blocks: Sequence[MergingWindowedBlock], x: Tensor) -> Tensor:
         attn_in = block.attention_norm(out) if real_slots is None else block.attention_norm(out) * real_slots
         out = out + block.residual(block.merged_attend(attn_in, context))
         out = out + block.residual(block.merged_mlp(out))  # on merged tokens, all-padding slots included
-    return unpartition(tokens + plan.unmerge(out - merged), size, (h, w))
+    return unpartition(plan.unmerge(out - merged).add_(tokens), size, (h, w))  # in place: one (B', N, C) less
 
 
 def span_runs(
