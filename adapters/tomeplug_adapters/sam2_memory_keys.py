@@ -123,7 +123,7 @@ def check_memory_settings(schedule: dict[int, Setting], adapter_name: str) -> in
         if (one.strategy, one.metric, one.exclude_padding) != (other.strategy, other.metric, other.exclude_padding):
             raise ValueError(
                 f"{adapter_name}: layers {first} and {index} plan the memory differently (strategy, its parameters "
-                "with r = memory_r, metric); the memory is planned once per call for every layer: give the layers "
+                "with r = memory_r, metric); each memory frame is planned once for every layer: give the layers "
                 "that set memory_r the same strategy, parameters and metric"
             )
     return first
