@@ -4,8 +4,8 @@ as the cross-attention's keys and values, with proportional attention and RoPE a
 End to end through a tiny official SAM2VideoPredictor (2 objects, 5 frames) and on the memory attention alone:
 memory_r = 0 is bit for bit upstream; merging shortens the cross-attention's keys to the pointers plus
 M of each memory frame's N tokens, planned once for all layers (once per frame: test_memory_plan_cache.py); a
-permuting plan equals upstream to rounding only if every merged key is rotated at its kept cell; merging duplicated memory tokens equals upstream only with
-``log(size)`` on their logits (the mass a merged key keeps).
+permuting plan equals upstream to rounding only if every merged key is rotated at its kept cell; merging
+duplicated memory tokens equals upstream only with ``log(size)`` on their logits (the mass a merged key keeps).
 """
 
 from __future__ import annotations
