@@ -121,3 +121,11 @@ def test_the_cache_is_bypassed_under_compile():
 
     compiled = torch.compile(planned, fullgraph=True, backend="eager")
     assert torch.equal(compiled(inputs), halves(inputs).kept) and cache.entries == []
+
+
+def test_kept_groups_hold_no_autograd_graph():
+    cache = GroupPlanCache()
+    inputs = torch.randn(2, 8, 3, requires_grad=True) * 2  # a non-leaf, as memory features in training
+    plan = cache.plan(inputs, halves)
+    assert same_plan(plan, halves(inputs.detach()))
+    assert all(not group.requires_grad and group.grad_fn is None for _, group, _ in cache.entries)

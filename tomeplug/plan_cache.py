@@ -42,6 +42,7 @@ class GroupPlanCache:
             return planner(inputs)
         if version != self.version:
             self.entries, self.version = [], version
+        inputs = inputs.detach()  # content only: a kept copy must not hold an autograd graph
         fingerprints = inputs.sum(dim=(1, 2), dtype=torch.float64).tolist()  # one host sync per call
         plans = [self.find(key, group) for key, group in zip(fingerprints, inputs, strict=True)]
         missing = [g for g, found in enumerate(plans) if found is None]
