@@ -51,3 +51,14 @@ def test_encoder_speed_runs_with_the_sdpa_baseline(tmp_path):
     # deterministic live-tensor peaks: dense SDPA holds its (heads, N, N) mask, twice (add, then reshape's copy)
     assert row["patched_live_peak_mb"] > 0 and row["dense_live_peak_mb"] >= 2 * 4 * 256**2 * 4 / 2**20
     assert row["dense_live_peak"][1].split()[2] in {"add", "clone"}
+
+
+def test_profile_forward_prints_eager_and_compiled_tables(capsys):
+    """bench/profile_forward.py end to end on the tiny SAM: a profiler table per variant, the compile timed."""
+    import profile_forward
+
+    seconds = profile_forward.main(["--model", "sam_tiny", "--scope", "span", "--compile", "--backend", "eager"])
+    out = capsys.readouterr().out
+    assert set(seconds) == {"eager", "compile", "compiled"} and all(s > 0 for s in seconds.values())
+    assert "sam_tiny span fp32 eager" in out and "sam_tiny span fp32 compiled" in out
+    assert out.count("Self CPU time total") == 2
