@@ -402,7 +402,7 @@ class MergingMemoryAttention(nn.Module):
     tomeplug_layer_arguments: ClassVar[Mapping[str, object]] = {}
     """Arguments upstream's loop passes every layer besides SAM 2's (sam3's: ``dac=False``)."""
     tomeplug_memory_plans: GroupPlanCache
-    """The memory frames' plans of the last call (:mod:`tomeplug_adapters.sam2_memory_keys`)."""
+    """The memory frames' plans, kept while the frames stay in the bank (:mod:`tomeplug_adapters.sam2_memory_keys`)."""
 
     def forward(
         self,
@@ -458,7 +458,7 @@ class MergingMemoryAttention(nn.Module):
     ) -> Tensor:
         """One layer called as a module (its hooks fire) on (B, N, C) tokens; ``merged``: the call's merged memory."""
         kwds = dict(self.tomeplug_layer_arguments)
-        if has_rope(layer.cross_attn_image):
+        if self.rotates_memory(layer):
             kwds["num_k_exclude_rope"] = nk
         if merged is not None:
             kwds["tomeplug_memory"] = merged

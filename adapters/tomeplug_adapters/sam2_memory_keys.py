@@ -77,7 +77,7 @@ def merge_memory(
     """Merge the memory (B, F * N + P, C_mem) of a merging ``MemoryAttentionLayer`` as its
     ``tomeplug_memory_setting`` (:func:`memory_setting`, attached when patched) says, one plan per memory frame
     of N = h * w cells; None when nothing merges (the memory is then used as upstream's). ``plans``: the
-    frames' plans of the previous call, reused for the frames still in the bank (None: plan every frame)."""
+    frames' plans of earlier calls, reused for the frames still in the bank (None: plan every frame)."""
     setting = layer.tomeplug_memory_setting
     n = grid[0] * grid[1]
     b, total, _ = memory.shape
