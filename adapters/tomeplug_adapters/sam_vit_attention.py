@@ -89,7 +89,11 @@ def position_bias(q: Tensor, positions: MergedPositions, rel_pos: tuple[Tensor, 
     table = torch.cat([resized_rel_pos(rel_pos[0], h), resized_rel_pos(rel_pos[1], w)]).to(q.dtype)
     index = positions.query_index.unsqueeze(1).expand(-1, heads, -1, -1)
     terms = gather_bits(q @ table.T, index)  # (B', heads, M, h + w) from (B', heads, M, 2h + 2w - 2), then freed
-    bias = gather_bits(terms, positions.key_rows.expand(b, heads, m, m))  # (B', heads, M, M): T[m, row_n]
+    rows = positions.key_rows.expand(b, heads, m, m)
+    if torch.compiler.is_compiling():  # one fused kernel, no intermediate; inductor would nest the loop's head slices
+        bias = gather_bits(terms, rows) + gather_bits(terms, positions.key_cols.expand(b, heads, m, m))
+        return bias if positions.log_size is None else bias + positions.log_size.to(q.dtype)
+    bias = gather_bits(terms, rows)  # (B', heads, M, M): T[m, row_n]
     cols = positions.key_cols.expand(b, 1, m, m)
     for head in range(heads):  # + T[m, h + col_n], a head at a time: never a second (B', heads, M, M) tensor
         bias[:, head : head + 1].add_(gather_bits(terms[:, head : head + 1], cols))
