@@ -2,20 +2,23 @@
 
 For rows of bench/RESULTS.md slower than their FLOPs bound, e.g. the compiled bf16 span row of SAM ViT-L:
 
-    python bench/profile_forward.py --model sam_vit_l --scope span --dtype bf16 --compile
+    python bench/profile_forward.py --model sam_vit_l --scope span --dtype bf16 --compile --kernel-names
 
 builds the random-weight encoder (``--scope dense``: unpatched; else ToMe r = ``--r`` on every block, ``attn`` on the
 published schedule), the SDPA baseline in its unmerged SAM attentions (``bench/sdpa_attention.py``), times one
 forward after a warm-up and prints the profiler's table (self CPU time) for the eager encoder and, with
-``--compile``, for ``torch.compile(fullgraph=True, dynamic=False)`` of it (its first call, the compile, timed too).
+``--compile``, for ``torch.compile(fullgraph=True, dynamic=False)`` of it (its first call, the compile, timed too;
+``--kernel-names``: inductor's generated kernels each a row, ``graph_0_cpp_fused_<the ops they fuse>_<n>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 
 import torch
+import torch._inductor.config as inductor_config
 from encoder_speed import DEFAULT_LAYERS, DTYPES, SMALL_INPUTS, build_encoder, cast, parse_layers  # bench/
 from sdpa_attention import use_sdpa
 from torch.profiler import ProfilerActivity, profile
@@ -32,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="default: fp32")
     parser.add_argument("--compile", action="store_true", help="also profile the inductor-compiled encoder")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default: inductor)")
+    parser.add_argument(
+        "--kernel-names",
+        action="store_true",
+        help="name inductor's generated CPU kernels in the compiled table (else one row per compiled graph's call)",
+    )
     parser.add_argument("--rows", type=int, default=20, help="ops per table (default: 20)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser
@@ -65,8 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     runners = {"eager": encoder}
     if args.compile:
         runners["compiled"] = torch.compile(encoder, fullgraph=True, dynamic=False, backend=args.backend)
+    # inductor's C++ kernels record themselves to the profiler, by name, when compiled with this set
+    kernel_names = inductor_config.patch({"cpp.enable_kernel_profile": True}) if args.kernel_names else nullcontext()
     seconds = {}
-    with torch.inference_mode():
+    with kernel_names, torch.inference_mode():
         for name, runner in runners.items():
             if name == "compiled":
                 began = time.perf_counter()

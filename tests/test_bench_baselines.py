@@ -62,3 +62,13 @@ def test_profile_forward_prints_eager_and_compiled_tables(capsys):
     assert set(seconds) == {"eager", "compile", "compiled"} and all(s > 0 for s in seconds.values())
     assert "sam_tiny span fp32 eager" in out and "sam_tiny span fp32 compiled" in out
     assert out.count("Self CPU time total") == 2
+
+
+def test_profile_forward_names_inductors_kernels(capsys):
+    """``--kernel-names``: the compiled table has a row per generated C++ kernel (how the bf16 gap was named)."""
+    import profile_forward
+
+    profile_forward.main(["--model", "sam_tiny", "--scope", "span", "--compile", "--kernel-names", "--rows", "400"])
+    compiled = capsys.readouterr().out.split("sam_tiny span fp32 compiled")[1]
+    assert "graph_0_cpp_fused_" in compiled
+    assert not torch._inductor.config.cpp.enable_kernel_profile  # set for that compile only
