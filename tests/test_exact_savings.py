@@ -145,13 +145,18 @@ def naive_rel_pos_bias(attn, q, kept, grid):
     return out
 
 
-@pytest.mark.parametrize("block_index", [0, 2])
-def test_rel_pos_bias_gathers_from_small_terms_and_is_exact(block_index):
+def rel_pos_case(block_index):
+    """A tiny encoder block's attention (0: windowed 5 x 5, 2: global 16 x 16), its grid and a ToMe plan over it."""
     attn = deep_encoder().blocks[block_index].attn
     side = 5 if block_index == 0 else 16
     grid, tokens = (side, side), torch.randn(2, side * side, 64, generator=torch.Generator().manual_seed(2))
-    plan = tome_plan(attn, tokens, grid)
-    b, m = plan.kept.shape
+    return attn, grid, tome_plan(attn, tokens, grid)
+
+
+@pytest.mark.parametrize("block_index", [0, 2])
+def test_rel_pos_bias_gathers_from_small_terms_and_is_exact(block_index):
+    attn, grid, plan = rel_pos_case(block_index)
+    (b, m), side = plan.kept.shape, grid[0]
     q = torch.randn(b, 4, m, 16)
     with torch.no_grad(), AtenOps() as ops:
         bias = rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, plan.kept, grid)
@@ -166,10 +171,7 @@ def test_rel_pos_bias_gathers_from_small_terms_and_is_exact(block_index):
 def test_compiled_rel_pos_bias_is_one_sum_not_a_loop_over_heads(block_index):
     # Under torch.compile the bias is one expression: inductor turned the eager form's in-place per-head slice adds
     # into a conditional nested as deep as the heads, evaluated per element (bf16 ViT-L: 4x slower than eager)
-    attn = deep_encoder().blocks[block_index].attn
-    side = 5 if block_index == 0 else 16
-    grid, tokens = (side, side), torch.randn(2, side * side, 64, generator=torch.Generator().manual_seed(2))
-    plan = tome_plan(attn, tokens, grid)
+    attn, grid, plan = rel_pos_case(block_index)
     q = torch.randn(plan.kept.shape[0], 4, plan.kept.shape[1], 16, generator=torch.Generator().manual_seed(3))
     graphs = []
 
